@@ -1,0 +1,168 @@
+"""The tutorial's time-conditioned U-Net score model for 28x28 single-channel images.
+
+Parameter names follow the original tutorial exactly, so a ``ckpt.pth`` it saved loads here
+(see :func:`load_tutorial_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class GaussianFourierProjection(nn.Module):
+    """Random Fourier features of the time: t -> [sin(2 pi W t), cos(2 pi W t)].
+
+    ``W ~ N(0, scale^2)`` has ``embed_dim // 2`` entries, drawn once and never trained
+    (a buffer, saved under the tutorial's key ``W``). Input ``[B]``, output ``[B, embed_dim]``.
+    """
+
+    def __init__(self, embed_dim: int, scale: float = 30.0):
+        super().__init__()
+        if embed_dim < 2 or embed_dim % 2:
+            raise ValueError(f"embed_dim must be an even integer >= 2, got {embed_dim!r}")
+        self.register_buffer("W", torch.randn(embed_dim // 2) * scale)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        t_proj = t[:, None] * self.W[None, :] * (2 * math.pi)
+        return torch.cat([torch.sin(t_proj), torch.cos(t_proj)], dim=-1)
+
+
+class Dense(nn.Module):
+    """A linear layer whose output ``[B, C]`` is reshaped to ``[B, C, 1, 1]`` to add to feature maps."""
+
+    def __init__(self, input_dim: int, output_dim: int):
+        super().__init__()
+        self.dense = nn.Linear(input_dim, output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(x)[..., None, None]
+
+
+class ScoreNet(nn.Module):
+    """A U-Net s_theta(x, t) approximating the score grad_x log p_t(x) of 1x28x28 images.
+
+    Four encoder blocks (28 -> 26 -> 12 -> 5 -> 2 pixels) and four decoder blocks with skip
+    connections; every block adds a learned projection of the time embedding and applies
+    GroupNorm and the swish nonlinearity. The output is divided by ``marginal_prob_std(t)``:
+    the true score of p_0t(x(t) | x(0)) is -z / std(t) with z ~ N(0, I), so the network only
+    has to predict a quantity of unit scale.
+
+    Args:
+        marginal_prob_std: t -> std(t) (for example ``VESDE(25).marginal_prob_std``).
+        channels: feature channels of the four resolutions; each must be divisible by 32
+            (GroupNorm with 32 groups), the first by 4.
+        embed_dim: size of the time embedding.
+
+    Input ``x`` of shape ``[B, 1, 28, 28]`` and ``t`` of shape ``[B]`` (or a float); output ``[B, 1, 28, 28]``.
+    """
+
+    def __init__(self, marginal_prob_std, channels=(32, 64, 128, 256), embed_dim: int = 256):
+        super().__init__()
+        channels = tuple(channels)
+        if len(channels) != 4 or any(c < 1 or c % 32 for c in channels[1:]) or channels[0] % 4:
+            raise ValueError("channels must be 4 integers, the first divisible by 4 and the rest by 32 "
+                             f"(GroupNorm groups), got {channels!r}")
+        self.marginal_prob_std = marginal_prob_std
+        self.channels = channels
+        self.embed_dim = embed_dim
+        self.embed = nn.Sequential(GaussianFourierProjection(embed_dim=embed_dim), nn.Linear(embed_dim, embed_dim))
+        # Encoder: resolution goes down.
+        self.conv1 = nn.Conv2d(1, channels[0], 3, stride=1, bias=False)
+        self.dense1 = Dense(embed_dim, channels[0])
+        self.gnorm1 = nn.GroupNorm(4, num_channels=channels[0])
+        self.conv2 = nn.Conv2d(channels[0], channels[1], 3, stride=2, bias=False)
+        self.dense2 = Dense(embed_dim, channels[1])
+        self.gnorm2 = nn.GroupNorm(32, num_channels=channels[1])
+        self.conv3 = nn.Conv2d(channels[1], channels[2], 3, stride=2, bias=False)
+        self.dense3 = Dense(embed_dim, channels[2])
+        self.gnorm3 = nn.GroupNorm(32, num_channels=channels[2])
+        self.conv4 = nn.Conv2d(channels[2], channels[3], 3, stride=2, bias=False)
+        self.dense4 = Dense(embed_dim, channels[3])
+        self.gnorm4 = nn.GroupNorm(32, num_channels=channels[3])
+        # Decoder: resolution goes up, with skip connections from the encoder.
+        self.tconv4 = nn.ConvTranspose2d(channels[3], channels[2], 3, stride=2, bias=False)
+        self.dense5 = Dense(embed_dim, channels[2])
+        self.tgnorm4 = nn.GroupNorm(32, num_channels=channels[2])
+        self.tconv3 = nn.ConvTranspose2d(channels[2] + channels[2], channels[1], 3, stride=2, bias=False,
+                                         output_padding=1)
+        self.dense6 = Dense(embed_dim, channels[1])
+        self.tgnorm3 = nn.GroupNorm(32, num_channels=channels[1])
+        self.tconv2 = nn.ConvTranspose2d(channels[1] + channels[1], channels[0], 3, stride=2, bias=False,
+                                         output_padding=1)
+        self.dense7 = Dense(embed_dim, channels[0])
+        self.tgnorm2 = nn.GroupNorm(32, num_channels=channels[0])
+        self.tconv1 = nn.ConvTranspose2d(channels[0] + channels[0], 1, 3, stride=1)
+
+    @staticmethod
+    def act(x: torch.Tensor) -> torch.Tensor:
+        """Swish, x * sigmoid(x)."""
+        return F.silu(x)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+            raise ValueError(f"ScoreNet takes x of shape [B, 1, 28, 28], got {tuple(x.shape)}")
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"ScoreNet takes t as a float or a tensor of shape [B]={x.shape[0]}, got {tuple(t.shape)}")
+        embed = self.act(self.embed(t))
+        h1 = self.act(self.gnorm1(self.conv1(x) + self.dense1(embed)))
+        h2 = self.act(self.gnorm2(self.conv2(h1) + self.dense2(embed)))
+        h3 = self.act(self.gnorm3(self.conv3(h2) + self.dense3(embed)))
+        h4 = self.act(self.gnorm4(self.conv4(h3) + self.dense4(embed)))
+        h = self.act(self.tgnorm4(self.tconv4(h4) + self.dense5(embed)))
+        h = self.act(self.tgnorm3(self.tconv3(torch.cat([h, h3], dim=1)) + self.dense6(embed)))
+        h = self.act(self.tgnorm2(self.tconv2(torch.cat([h, h2], dim=1)) + self.dense7(embed)))
+        h = self.tconv1(torch.cat([h, h1], dim=1))
+        return h / self.marginal_prob_std(t)[:, None, None, None]
+
+
+def _read_state_dict(path_or_state_dict) -> dict:
+    if isinstance(path_or_state_dict, Mapping):
+        return dict(path_or_state_dict)
+    path = Path(path_or_state_dict)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, not a torch file, pickled code...
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"checkpoint {path} does not hold a state dict (got {type(obj).__name__})")
+    return dict(obj)
+
+
+def load_tutorial_checkpoint(model: nn.Module, path_or_state_dict) -> nn.Module:
+    """Load a state dict saved by the original tutorial (``torch.save(score_model.state_dict(), 'ckpt.pth')``).
+
+    Accepts a path or a state dict. Keys prefixed ``module.`` (a model wrapped in
+    ``torch.nn.DataParallel``) are stripped; a package checkpoint (see ``training.save_checkpoint``)
+    also works, its ``"model"`` entry being used. The file is read with ``weights_only=True``.
+    Raises ``ValueError`` naming missing, unexpected or mis-shaped keys if the checkpoint is from
+    another architecture. Returns ``model``.
+    """
+    state = _read_state_dict(path_or_state_dict)
+    if "model" in state and isinstance(state["model"], Mapping):
+        state = dict(state["model"])
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mis_shaped = sorted(k for k in set(own) & set(state)
+                        if not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape)
+    if missing or unexpected or mis_shaped:
+        def first(keys):
+            return ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "") if keys else "none"
+        raise ValueError("checkpoint does not match this architecture: "
+                         f"missing keys: {first(missing)}; unexpected keys: {first(unexpected)}; "
+                         f"shape mismatches: {first(mis_shaped)}")
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,193 @@
+"""Sampling by solving the reverse-time SDE, or its probability-flow ODE, from t = 1 down to t = eps.
+
+For the VE SDE dx = g(t) dw (no drift) the reverse-time SDE is
+
+    dx = -g(t)^2 grad_x log p_t(x) dt + g(t) dw_bar,      t running from 1 to 0,
+
+and the probability-flow ODE, which has the same marginals p_t, is
+
+    dx/dt = -1/2 g(t)^2 grad_x log p_t(x).
+
+A trained score model s_theta(x, t) stands in for grad_x log p_t(x). Every sampler takes a
+``score_model`` called as ``score_model(x [B, ...], t [B]) -> [B, ...]``, so the exact score of a
+toy distribution works as well as a network.
+
+Time grid: ``num_steps`` steps from t = 1 to t = eps exactly (``num_steps + 1`` grid points). The
+original tutorial used ``num_steps`` grid points and so stopped one step short of eps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+from tqdm.auto import tqdm
+
+from .utils import check_eps, check_positive, check_positive_int, check_shape, model_device, randn
+
+
+def _time_grid(num_steps: int, eps: float, device) -> torch.Tensor:
+    return torch.linspace(1.0, eps, num_steps + 1, device=device)
+
+
+def _check_step(x: torch.Tensor, step: int, t: float, sampler: str) -> None:
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(f"{sampler}: the samples became NaN or inf at step {step} (t = {t:.4g}); "
+                                 "the score model diverged (more steps or a smaller snr may help)")
+
+
+def _setup(score_model, sde, shape, num_steps, eps, device):
+    shape = check_shape(shape)
+    num_steps = check_positive_int(num_steps, "num_steps")
+    eps = check_eps(eps)
+    device = model_device(score_model, device)
+    return shape, num_steps, eps, device
+
+
+@torch.no_grad()
+def euler_maruyama_sampler(score_model, sde, shape, *, num_steps: int = 500, eps: float = 1e-3, device=None,
+                           generator: torch.Generator | None = None, progress: bool = True,
+                           callback=None) -> torch.Tensor:
+    """Solve the reverse-time SDE with the Euler-Maruyama method.
+
+    One step from t to t - dt, with z ~ N(0, I):
+
+        x_mean = x + g(t)^2 s_theta(x, t) dt
+        x      = x_mean + g(t) sqrt(dt) z
+
+    Args:
+        score_model: ``(x [B, ...], t [B]) -> score [B, ...]``.
+        sde: the SDE (``VESDE``): supplies the prior and g(t).
+        shape: ``(B, ...)``, the shape of the batch to draw, e.g. ``(64, 1, 28, 28)``.
+        num_steps: number of steps from t = 1 to t = eps (one score evaluation each).
+        eps: the final time, in (0, 1); the score is ill-conditioned at t = 0.
+        device: defaults to the model's device.
+        generator: a ``torch.Generator`` (CPU or ``device``) for reproducible samples.
+        progress: show a ``tqdm.auto`` bar.
+        callback: optional ``callback(step, t, x_mean)`` after every step (to record trajectories).
+    Returns:
+        the last step's noise-free mean ``x_mean`` of shape ``shape``: the final noise g sqrt(dt) z
+        is much larger than the pixel quantization and would only blur the samples.
+    """
+    shape, num_steps, eps, device = _setup(score_model, sde, shape, num_steps, eps, device)
+    ts = _time_grid(num_steps, eps, device)
+    x = sde.prior_sampling(shape, generator=generator, device=device)
+    x_mean = x
+    for i in tqdm(range(num_steps), disable=not progress, desc="Euler-Maruyama"):
+        t, dt = ts[i], ts[i] - ts[i + 1]
+        g2 = sde.diffusion_coeff(t) ** 2
+        x_mean = x + g2 * score_model(x, t.expand(shape[0])) * dt
+        x = x_mean + torch.sqrt(g2 * dt) * randn(shape, generator, device)
+        _check_step(x, i, float(t), "euler_maruyama_sampler")
+        if callback is not None:
+            callback(i, float(ts[i + 1]), x_mean)
+    return x_mean
+
+
+@torch.no_grad()
+def pc_sampler(score_model, sde, shape, *, num_steps: int = 500, snr: float = 0.16, eps: float = 1e-3,
+               device=None, generator: torch.Generator | None = None, progress: bool = True,
+               callback=None) -> torch.Tensor:
+    """Predictor-corrector sampling: one Langevin corrector step, then one Euler-Maruyama predictor step.
+
+    Corrector (Langevin MCMC at the current t, targeting p_t), with the step size chosen so
+    that the signal-to-noise ratio ||step * score|| / ||sqrt(2 step) z|| is about ``snr``:
+
+        step = 2 (snr * sqrt(D) / mean_batch ||s_theta(x, t)||)^2
+        x    = x + step s_theta(x, t) + sqrt(2 step) z
+
+    Predictor (Euler-Maruyama from t to t - dt), as in :func:`euler_maruyama_sampler`.
+    Two score evaluations per step. (The tutorial's earlier version had the two labels swapped:
+    the Langevin step is the corrector.)
+
+    Arguments as :func:`euler_maruyama_sampler`, plus ``snr > 0``. Returns the last noise-free mean.
+    """
+    shape, num_steps, eps, device = _setup(score_model, sde, shape, num_steps, eps, device)
+    snr = check_positive(snr, "snr")
+    ts = _time_grid(num_steps, eps, device)
+    noise_norm = math.sqrt(math.prod(shape[1:]))
+    x = sde.prior_sampling(shape, generator=generator, device=device)
+    x_mean = x
+    for i in tqdm(range(num_steps), disable=not progress, desc="predictor-corrector"):
+        t, dt = ts[i], ts[i] - ts[i + 1]
+        t_batch = t.expand(shape[0])
+        # Corrector: one Langevin step at time t.
+        grad = score_model(x, t_batch)
+        grad_norm = grad.flatten(1).norm(dim=1).mean()
+        step = 2 * (snr * noise_norm / grad_norm) ** 2
+        x = x + step * grad + torch.sqrt(2 * step) * randn(shape, generator, device)
+        # Predictor: one Euler-Maruyama step from t to t - dt.
+        g2 = sde.diffusion_coeff(t) ** 2
+        x_mean = x + g2 * score_model(x, t_batch) * dt
+        x = x_mean + torch.sqrt(g2 * dt) * randn(shape, generator, device)
+        _check_step(x, i, float(t), "pc_sampler")
+        if callback is not None:
+            callback(i, float(ts[i + 1]), x_mean)
+    return x_mean
+
+
+def ode_sampler(score_model, sde, shape=None, *, eps: float = 1e-3, device=None,
+                generator: torch.Generator | None = None, progress: bool = True, rtol: float = 1e-5,
+                atol: float = 1e-5, z: torch.Tensor | None = None, method: str = "RK45"):
+    """Solve the probability-flow ODE dx/dt = -1/2 g(t)^2 s_theta(x, t) from t = 1 to eps.
+
+    The ODE is deterministic: the same latent ``z`` always decodes to the same sample, and
+    :func:`~sgm_helpers.likelihood.ode_likelihood` (the same ODE run forward) inverts it.
+    Integrated by ``scipy.integrate.solve_ivp`` (adaptive RK45 by default); the whole batch is one
+    ODE state of B*D float64 numbers, and only that state crosses between NumPy and torch.
+    There is no step count: the solver picks its steps to meet ``rtol`` and ``atol``.
+
+    Args:
+        score_model, sde, eps, device, generator, progress: as :func:`euler_maruyama_sampler`.
+        shape: ``(B, ...)``; may be omitted when ``z`` is given.
+        rtol, atol: the solver's relative and absolute error tolerances.
+        z: latent codes ``[B, ...]`` at t = 1 to decode; drawn from the prior if None.
+        method: any ``solve_ivp`` method ("RK45", "RK23", "DOP853", ...).
+    Returns:
+        ``(samples, nfe)``: samples at t = eps with ``z``'s (or ``shape``'s) shape, and the number of
+        score-model evaluations the solver used.
+    """
+    eps = check_eps(eps)
+    check_positive(rtol, "rtol")
+    check_positive(atol, "atol")
+    device = model_device(score_model, device)
+    if z is None:
+        if shape is None:
+            raise ValueError("give shape= or a latent z=")
+        x = sde.prior_sampling(check_shape(shape), generator=generator, device=device)
+    else:
+        if shape is not None and tuple(shape) != tuple(z.shape):
+            raise ValueError(f"shape {tuple(shape)} does not match z's shape {tuple(z.shape)}")
+        check_shape(z.shape, "z.shape")
+        if not torch.isfinite(z).all():
+            raise ValueError("z contains NaN or inf values")
+        x = z.to(device, torch.float32)
+    shape = x.shape
+    bar = tqdm(total=1000, disable=not progress, desc="probability-flow ODE", bar_format="{l_bar}{bar}| {postfix}")
+    nfe = 0
+
+    def drift(t: float, y: np.ndarray) -> np.ndarray:
+        nonlocal nfe
+        nfe += 1
+        xt = torch.from_numpy(y).to(device, torch.float32).view(shape)
+        with torch.no_grad():
+            score = score_model(xt, torch.full((shape[0],), t, device=device))
+        g2 = float(sde.diffusion_coeff(t)) ** 2
+        if progress:
+            bar.n = round(1000 * (1.0 - t) / (1.0 - eps))
+            bar.set_postfix_str(f"t={t:.4f}, score evaluations={nfe}")
+        return (-0.5 * g2 * score).reshape(-1).double().cpu().numpy()
+
+    try:
+        res = solve_ivp(drift, (1.0, eps), x.reshape(-1).double().cpu().numpy(), rtol=rtol, atol=atol,
+                        method=method, t_eval=[eps])
+    finally:
+        bar.close()
+    if not res.success:
+        raise RuntimeError(f"ode_sampler: the ODE solver failed: {res.message}")
+    samples = torch.from_numpy(res.y[:, -1]).to(device, torch.float32).view(shape)
+    if not torch.isfinite(samples).all():
+        raise FloatingPointError("ode_sampler: the solution contains NaN or inf")
+    return samples, nfe

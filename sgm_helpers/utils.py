@@ -1,0 +1,106 @@
+"""Small shared helpers: device choice, seeding, argument checks."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+
+
+def get_device() -> torch.device:
+    """The best available device: CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's, NumPy's and PyTorch's global generators (all CUDA devices too).
+
+    Returns a CPU ``torch.Generator`` seeded with ``seed``, for code that takes
+    an explicit ``generator=`` (the package's samplers and losses do).
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(int(seed))
+
+
+def model_device(model, default=None) -> torch.device:
+    """The device of a module's first parameter, else ``default`` (else the CPU).
+
+    Score "models" may also be plain functions (the exact toy scores), which have no device.
+    """
+    if default is not None:
+        return torch.device(default)
+    params = getattr(model, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.device
+    return torch.device("cpu")
+
+
+def check_eps(eps, name: str = "eps") -> float:
+    """``eps`` must be a float in the open interval (0, 1)."""
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0.0 < eps < 1.0:
+        raise ValueError(f"{name} must be a number in the open interval (0, 1), got {eps!r}")
+    return float(eps)
+
+
+def check_positive_int(value, name: str) -> int:
+    """``value`` must be an integer >= 1."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_positive(value, name: str) -> float:
+    """``value`` must be a finite number > 0."""
+    if (not isinstance(value, (int, float, np.floating)) or isinstance(value, bool)
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise if ``x`` holds NaN or inf."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+
+
+def check_shape(shape, name: str = "shape") -> tuple[int, ...]:
+    """A sample shape ``(B, ...)`` with at least a batch and one data dimension, all >= 1."""
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise ValueError(f"{name} must be a tuple of ints like (64, 1, 28, 28), got {shape!r}") from None
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ValueError(f"{name} must be (batch, *data_dims) with every size >= 1, got {shape!r}")
+    return shape
+
+
+def randn(shape, generator: torch.Generator | None = None, device=None, dtype=None) -> torch.Tensor:
+    """Standard normal noise of ``shape`` on ``device``, drawn from ``generator`` wherever it lives.
+
+    A CPU generator gives the same numbers whatever ``device`` is, so a seed means the same
+    samples on a laptop and on a GPU.
+    """
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    z = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
+    return z.to(device) if device is not None else z
+
+
+def rand(shape, generator: torch.Generator | None = None, device=None, dtype=None) -> torch.Tensor:
+    """Uniform [0, 1) noise, drawn like :func:`randn`."""
+    if generator is None:
+        return torch.rand(shape, device=device, dtype=dtype)
+    u = torch.rand(shape, generator=generator, device=generator.device, dtype=dtype)
+    return u.to(device) if device is not None else u
