@@ -7,6 +7,7 @@ Parameter names follow the original tutorial exactly, so a ``ckpt.pth`` it saved
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -55,8 +56,8 @@ class ScoreNet(nn.Module):
 
     Args:
         marginal_prob_std: t -> std(t) (for example ``VESDE(25).marginal_prob_std``).
-        channels: feature channels of the four resolutions; each must be divisible by 32
-            (GroupNorm with 32 groups), the first by 4.
+        channels: feature channels of the four resolutions; each must be a positive multiple of 32
+            (GroupNorm with 32 groups; the first resolution also has one with 4 groups).
         embed_dim: size of the time embedding.
 
     Input ``x`` of shape ``[B, 1, 28, 28]`` and ``t`` of shape ``[B]`` (or a float); output ``[B, 1, 28, 28]``.
@@ -65,9 +66,11 @@ class ScoreNet(nn.Module):
     def __init__(self, marginal_prob_std, channels=(32, 64, 128, 256), embed_dim: int = 256):
         super().__init__()
         channels = tuple(channels)
-        if len(channels) != 4 or any(c < 1 or c % 32 for c in channels[1:]) or channels[0] % 4:
-            raise ValueError("channels must be 4 integers, the first divisible by 4 and the rest by 32 "
-                             f"(GroupNorm groups), got {channels!r}")
+        if (len(channels) != 4 or any(not isinstance(c, numbers.Integral) or isinstance(c, bool) or c < 32 or c % 32
+                                      for c in channels)):
+            raise ValueError("channels must be 4 positive multiples of 32 (GroupNorm uses 32 groups at every "
+                             f"resolution), got {channels!r}")
+        channels = tuple(int(c) for c in channels)
         self.marginal_prob_std = marginal_prob_std
         self.channels = channels
         self.embed_dim = embed_dim

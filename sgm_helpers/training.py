@@ -111,8 +111,11 @@ def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None
         if len(pending) == log_every or step == total or step % steps_per_epoch == 0:
             chunk = torch.stack(pending).tolist()
             pending.clear()
-            if not all(math.isfinite(v) for v in chunk):
-                raise FloatingPointError(f"training loss became NaN or inf by step {step}; try a smaller lr")
+            bad = [i for i, v in enumerate(chunk) if not math.isfinite(v)]
+            if bad:
+                first = step - len(chunk) + bad[0] + 1
+                raise FloatingPointError(f"training loss became NaN or inf at step {first} (counting from 1) "
+                                         f"of {total}; try a smaller lr")
             losses.extend(chunk)
             bar.update(len(chunk))
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.2f}", epoch=epoch + 1)

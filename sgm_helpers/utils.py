@@ -78,8 +78,10 @@ def check_finite(x: torch.Tensor, name: str) -> None:
 def check_shape(shape, name: str = "shape") -> tuple[int, ...]:
     """A sample shape ``(B, ...)`` with at least a batch and one data dimension, all >= 1."""
     try:
+        if isinstance(shape, (str, bytes)):
+            raise TypeError
         shape = tuple(int(s) for s in shape)
-    except TypeError:
+    except (TypeError, ValueError):
         raise ValueError(f"{name} must be a tuple of ints like (64, 1, 28, 28), got {shape!r}") from None
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise ValueError(f"{name} must be (batch, *data_dims) with every size >= 1, got {shape!r}")

@@ -1,0 +1,257 @@
+"""ScoreNet: shapes, time handling, output scaling, tutorial checkpoints, bad input."""
+
+import contextlib
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from sgm_helpers import VESDE, Dense, GaussianFourierProjection, ScoreNet, load_tutorial_checkpoint
+
+SDE = VESDE(25.0)
+
+
+# A separately written copy of the original tutorial's model (its parameter layout, its W as a frozen
+# nn.Parameter, its lambda swish), used only to produce state dicts the way the tutorial saved them.
+class TutorialGaussianFourierProjection(nn.Module):
+    def __init__(self, embed_dim, scale=30.0):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(embed_dim // 2) * scale, requires_grad=False)
+
+    def forward(self, x):
+        x_proj = x[:, None] * self.W[None, :] * 2 * math.pi
+        return torch.cat([torch.sin(x_proj), torch.cos(x_proj)], dim=-1)
+
+
+class TutorialDense(nn.Module):
+    def __init__(self, input_dim, output_dim):
+        super().__init__()
+        self.dense = nn.Linear(input_dim, output_dim)
+
+    def forward(self, x):
+        return self.dense(x)[..., None, None]
+
+
+class TutorialScoreNet(nn.Module):
+    def __init__(self, marginal_prob_std, channels=(32, 64, 128, 256), embed_dim=256):
+        super().__init__()
+        c = channels
+        self.embed = nn.Sequential(TutorialGaussianFourierProjection(embed_dim=embed_dim),
+                                   nn.Linear(embed_dim, embed_dim))
+        self.conv1 = nn.Conv2d(1, c[0], 3, stride=1, bias=False)
+        self.dense1 = TutorialDense(embed_dim, c[0])
+        self.gnorm1 = nn.GroupNorm(4, num_channels=c[0])
+        self.conv2 = nn.Conv2d(c[0], c[1], 3, stride=2, bias=False)
+        self.dense2 = TutorialDense(embed_dim, c[1])
+        self.gnorm2 = nn.GroupNorm(32, num_channels=c[1])
+        self.conv3 = nn.Conv2d(c[1], c[2], 3, stride=2, bias=False)
+        self.dense3 = TutorialDense(embed_dim, c[2])
+        self.gnorm3 = nn.GroupNorm(32, num_channels=c[2])
+        self.conv4 = nn.Conv2d(c[2], c[3], 3, stride=2, bias=False)
+        self.dense4 = TutorialDense(embed_dim, c[3])
+        self.gnorm4 = nn.GroupNorm(32, num_channels=c[3])
+        self.tconv4 = nn.ConvTranspose2d(c[3], c[2], 3, stride=2, bias=False)
+        self.dense5 = TutorialDense(embed_dim, c[2])
+        self.tgnorm4 = nn.GroupNorm(32, num_channels=c[2])
+        self.tconv3 = nn.ConvTranspose2d(c[2] + c[2], c[1], 3, stride=2, bias=False, output_padding=1)
+        self.dense6 = TutorialDense(embed_dim, c[1])
+        self.tgnorm3 = nn.GroupNorm(32, num_channels=c[1])
+        self.tconv2 = nn.ConvTranspose2d(c[1] + c[1], c[0], 3, stride=2, bias=False, output_padding=1)
+        self.dense7 = TutorialDense(embed_dim, c[0])
+        self.tgnorm2 = nn.GroupNorm(32, num_channels=c[0])
+        self.tconv1 = nn.ConvTranspose2d(c[0] + c[0], 1, 3, stride=1)
+        self.act = lambda x: x * torch.sigmoid(x)
+        self.marginal_prob_std = marginal_prob_std
+
+    def forward(self, x, t):
+        embed = self.act(self.embed(t))
+        h1 = self.act(self.gnorm1(self.conv1(x) + self.dense1(embed)))
+        h2 = self.act(self.gnorm2(self.conv2(h1) + self.dense2(embed)))
+        h3 = self.act(self.gnorm3(self.conv3(h2) + self.dense3(embed)))
+        h4 = self.act(self.gnorm4(self.conv4(h3) + self.dense4(embed)))
+        h = self.act(self.tgnorm4(self.tconv4(h4) + self.dense5(embed)))
+        h = self.act(self.tgnorm3(self.tconv3(torch.cat([h, h3], dim=1)) + self.dense6(embed)))
+        h = self.act(self.tgnorm2(self.tconv2(torch.cat([h, h2], dim=1)) + self.dense7(embed)))
+        h = self.tconv1(torch.cat([h, h1], dim=1))
+        return h / self.marginal_prob_std(t)[:, None, None, None]
+
+
+def _inputs(batch=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 1, 28, 28, generator=g), torch.rand(batch, generator=g) * 0.9 + 0.05
+
+
+def _assert_close_to_scale(actual, expected, rel=1e-5):
+    """Equal up to float32 rounding: max |actual - expected| <= rel * max |expected|."""
+    assert actual.shape == expected.shape
+    err, scale = float((actual - expected).abs().max()), float(expected.abs().max())
+    assert err <= rel * scale, f"max abs difference {err:.3g} > {rel:g} * {scale:.3g}"
+
+
+@contextlib.contextmanager
+def _swish(model, act):
+    old = model.act
+    model.act = act
+    try:
+        yield
+    finally:
+        model.act = old
+
+
+@pytest.fixture(scope="module")
+def tutorial_model():
+    torch.manual_seed(123)
+    model = TutorialScoreNet(SDE.marginal_prob_std).eval()
+    # Move every weight away from its initialization so a silently skipped key would show.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return model
+
+
+def test_scorenet_shape_and_float_t_broadcasting():
+    torch.manual_seed(0)
+    model = ScoreNet(SDE.marginal_prob_std).eval()
+    x, _ = _inputs(batch=3)
+    with torch.no_grad():
+        out_float = model(x, 0.3)
+        out_tensor = model(x, torch.full((3,), 0.3))
+        out_0d = model(x, torch.tensor(0.3))
+    assert out_float.shape == x.shape
+    assert torch.isfinite(out_float).all()
+    assert torch.equal(out_float, out_tensor)
+    assert torch.equal(out_float, out_0d)
+
+
+def test_scorenet_output_is_divided_by_std():
+    # model(x, t) * std(t) is the network's own output: it must not depend on which std function scales it.
+    torch.manual_seed(0)
+    model = ScoreNet(SDE.marginal_prob_std).eval()
+    x, t = _inputs(batch=3)
+    other = VESDE(5.0)
+    with torch.no_grad():
+        a = model(x, t) * SDE.marginal_prob_std(t)[:, None, None, None]
+        model.marginal_prob_std = other.marginal_prob_std
+        b = model(x, t) * other.marginal_prob_std(t)[:, None, None, None]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(SDE.marginal_prob_std(t), other.marginal_prob_std(t))
+
+
+def test_examples_are_independent():
+    # GroupNorm normalizes per example: one example's output does not depend on the rest of the batch.
+    torch.manual_seed(0)
+    model = ScoreNet(SDE.marginal_prob_std).eval()
+    x, t = _inputs(batch=3)
+    with torch.no_grad():
+        full = model(x, t)
+        single = model(x[1:2], t[1:2])
+    _assert_close_to_scale(single, full[1:2])       # convolutions sum in a batch-dependent order
+
+
+def test_fourier_projection_is_fixed_and_on_the_unit_circle():
+    torch.manual_seed(0)
+    proj = GaussianFourierProjection(8, scale=30.0)
+    assert [name for name, _ in proj.named_parameters()] == []      # never trained
+    assert [name for name, _ in proj.named_buffers()] == ["W"]      # but saved, under the tutorial's key
+    t = torch.linspace(0, 1, 5)
+    emb = proj(t)
+    assert emb.shape == (5, 8)
+    torch.testing.assert_close(emb[:, :4] ** 2 + emb[:, 4:] ** 2, torch.ones(5, 4))
+    torch.testing.assert_close(emb[:, :4], torch.sin(2 * math.pi * t[:, None] * proj.W[None, :]))
+    with pytest.raises(ValueError, match="embed_dim"):
+        GaussianFourierProjection(7)
+
+
+def test_dense_adds_two_spatial_dims():
+    torch.manual_seed(0)
+    layer = Dense(6, 5)
+    x = torch.randn(3, 6)
+    out = layer(x)
+    assert out.shape == (3, 5, 1, 1)
+    torch.testing.assert_close(out[:, :, 0, 0], layer.dense(x))
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (2, 784), (2, 3, 28, 28), (2, 1, 32, 32), (1, 1, 1, 28, 28)])
+def test_scorenet_rejects_wrong_batch_shapes(shape):
+    model = ScoreNet(SDE.marginal_prob_std)
+    with pytest.raises(ValueError, match=r"\[B, 1, 28, 28\]"):
+        model(torch.zeros(shape), 0.5)
+
+
+def test_scorenet_rejects_t_of_the_wrong_shape():
+    model = ScoreNet(SDE.marginal_prob_std)
+    with pytest.raises(ValueError, match="t as a float or a tensor of shape"):
+        model(torch.zeros(2, 1, 28, 28), torch.full((3,), 0.5))
+
+
+@pytest.mark.parametrize("channels", [(32, 64, 128), (36, 64, 128, 256), (4, 64, 128, 256), (0, 64, 128, 256),
+                                      (32, 64, 100, 256), (32, 64, 128, 256, 512)])
+def test_scorenet_rejects_bad_channels(channels):
+    with pytest.raises(ValueError, match="channels must be"):
+        ScoreNet(SDE.marginal_prob_std, channels=channels)
+
+
+def test_non_default_channels_work():
+    torch.manual_seed(0)
+    model = ScoreNet(SDE.marginal_prob_std, channels=(32, 32, 64, 64), embed_dim=64)
+    x, t = _inputs(batch=2)
+    with torch.no_grad():
+        assert model(x, t).shape == x.shape
+
+
+@pytest.mark.parametrize("data_parallel", [False, True])
+def test_tutorial_state_dict_loads_and_gives_identical_outputs(tutorial_model, tmp_path, data_parallel):
+    wrapped = torch.nn.DataParallel(tutorial_model) if data_parallel else tutorial_model
+    state = wrapped.state_dict()
+    assert all(k.startswith("module.") for k in state) == data_parallel
+    assert "embed.0.W" in tutorial_model.state_dict()
+    path = tmp_path / "ckpt.pth"
+    torch.save(state, path)                                 # exactly what the tutorial did
+
+    for source in (str(path), torch.load(path, weights_only=True), path):
+        torch.manual_seed(999)                              # a different random W and weights before loading
+        model = ScoreNet(SDE.marginal_prob_std)
+        assert load_tutorial_checkpoint(model, source) is model
+        for key, value in tutorial_model.state_dict().items():
+            assert torch.equal(model.state_dict()[key], value), key
+
+    x, t = _inputs(batch=2)
+    with torch.no_grad():
+        out = model.eval()(x, t)
+        expected = tutorial_model(x, t)
+        # The tutorial's swish x * sigmoid(x) and F.silu round differently in float32 (a relative error
+        # of about 1e-7 per layer); with the same swish the outputs are bit-identical.
+        _assert_close_to_scale(out, expected)
+        with _swish(tutorial_model, torch.nn.functional.silu):
+            assert torch.equal(out, tutorial_model(x, t))
+
+
+def test_other_architecture_is_a_value_error_naming_keys(tutorial_model):
+    state = tutorial_model.state_dict()
+    narrow = ScoreNet(SDE.marginal_prob_std, channels=(32, 64, 128, 128))
+    with pytest.raises(ValueError, match=r"shape mismatches: .*conv4\.weight"):
+        load_tutorial_checkpoint(narrow, state)
+    partial = {k: v for k, v in state.items() if not k.startswith("tconv1")}
+    with pytest.raises(ValueError, match=r"missing keys: tconv1\.bias, tconv1\.weight"):
+        load_tutorial_checkpoint(ScoreNet(SDE.marginal_prob_std), partial)
+    extra = dict(state, **{"head.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"unexpected keys: head\.weight"):
+        load_tutorial_checkpoint(ScoreNet(SDE.marginal_prob_std), extra)
+    mlp = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="does not match this architecture"):
+        load_tutorial_checkpoint(mlp, state)
+
+
+def test_unreadable_or_missing_checkpoint(tmp_path):
+    model = ScoreNet(SDE.marginal_prob_std)
+    with pytest.raises(FileNotFoundError):
+        load_tutorial_checkpoint(model, tmp_path / "nope.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_tutorial_checkpoint(model, junk)
+    tensor_file = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor_file)
+    with pytest.raises(ValueError, match="does not hold a state dict"):
+        load_tutorial_checkpoint(model, tensor_file)

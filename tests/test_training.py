@@ -1,0 +1,287 @@
+"""train, make_ema, save_checkpoint, load_checkpoint."""
+
+import math
+import os
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+
+from sgm_helpers import VESDE, ScoreNet, dsm_loss, load_checkpoint, make_ema, save_checkpoint, train
+
+SDE = VESDE(25.0)
+S0 = torch.tensor([0.5, 2.0])
+
+
+class MLPScore(nn.Module):
+    """A small score model for 2-D data: s(x, t) = net([x, log std(t)]) / std(t)."""
+
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, 2))
+
+    def forward(self, x, t):
+        std = SDE.marginal_prob_std(t)[:, None]
+        return self.net(torch.cat([x, torch.log(std)], dim=1)) / std
+
+
+def _data(n=256, seed=0):
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * S0
+
+
+def _model(seed=1):
+    torch.manual_seed(seed)
+    return MLPScore()
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _train(model, steps, **kw):
+    kw = {"batch_size": 32, "lr": 1e-2, "progress": False, "seed": 3, **kw}
+    return train(model, _data(), SDE.marginal_prob_std, steps=steps, **kw)
+
+
+def test_train_reduces_the_loss_towards_its_minimum():
+    model = _model()
+    x_eval = _data(n=4_096, seed=10)
+
+    def eval_loss():
+        # the same t and z draws before and after training: a paired comparison with little noise
+        with torch.no_grad():
+            return float(dsm_loss(model, x_eval, SDE.marginal_prob_std, generator=torch.Generator().manual_seed(11)))
+
+    before = eval_loss()
+    losses = _train(model, 100)
+    after = eval_loss()
+    assert len(losses) == 100 and all(math.isfinite(v) for v in losses)
+    # The exact score reaches about 0.71 (tests/test_losses.py); an untrained net is near D = 2 or above.
+    assert before > 1.5
+    assert after < 0.9
+    assert sum(losses[-30:]) / 30 < sum(losses[:30]) / 30
+    assert not model.training                  # left in eval mode
+
+
+def test_one_loss_per_step_and_epochs():
+    losses = _train(_model(), None, epochs=2, batch_size=100)    # 256 examples: 3 steps an epoch
+    assert len(losses) == 6
+    with pytest.raises(ValueError, match="exactly one of epochs= or steps="):
+        _train(_model(), 3, epochs=1)
+    with pytest.raises(ValueError, match="exactly one of epochs= or steps="):
+        _train(_model(), None)
+
+
+class _TimeIgnoring(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x, t):
+        self.calls += 1
+        assert t.shape == (x.shape[0],)
+        return self.net(x)
+
+
+def test_images_and_labels_pair_is_accepted():
+    images = torch.rand(8, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(9, 9), nn.Unflatten(1, (1, 3, 3)))
+    score_model = _TimeIgnoring(model)
+    losses = train(score_model, (images, torch.arange(8)), SDE.marginal_prob_std, steps=2, batch_size=4,
+                   progress=False)
+    assert len(losses) == 2 and score_model.calls == 2
+
+
+def test_training_is_reproducible_with_a_seed():
+    a, b, c = _model(), _model(), _model()
+    la, lb, lc = _train(a, 5), _train(b, 5), _train(c, 5, seed=4)
+    assert la == lb
+    assert _states_equal(a.state_dict(), b.state_dict())
+    assert la != lc
+
+
+@pytest.mark.parametrize("first", [3, 4])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, first):
+    # batch_size 100 on 256 examples: 3 steps an epoch (the last one ragged), so the 6 steps span two epochs
+    # and the run is cut at an epoch boundary (first = 3) or in the middle of the second epoch (first = 4).
+    kw = {"batch_size": 100}
+    straight = _model()
+    ema_straight = make_ema(straight, decay=0.9)
+    straight_path = tmp_path / "straight.pt"
+    l_straight = _train(straight, 6, ema_model=ema_straight, checkpoint_path=straight_path, **kw)
+
+    path = tmp_path / "ckpt.pt"
+    part = _model()
+    l_first = _train(part, first, ema_model=make_ema(part, decay=0.9), checkpoint_path=path, **kw)
+    assert len(l_first) == first and load_checkpoint(path)["step"] == first
+    resumed = _model(seed=7)                   # a different initialization: everything must come from the file
+    ema_resumed = make_ema(resumed, decay=0.9)
+    l_resumed = _train(resumed, 6, ema_model=ema_resumed, checkpoint_path=path, resume=True, **kw)
+
+    assert l_resumed == l_straight              # all six losses, the first ones read from the checkpoint
+    assert _states_equal(resumed.state_dict(), straight.state_dict())
+    assert _states_equal(ema_resumed.state_dict(), ema_straight.state_dict())
+    a, b = load_checkpoint(straight_path), load_checkpoint(path)
+    assert a["step"] == b["step"] == 6
+    assert torch.equal(a["rng"], b["rng"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert _states_equal(sa, sb)
+
+
+def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
+    a, b = _model(), _model()
+    la = _train(a, 3)
+    lb = _train(b, 3, checkpoint_path=tmp_path / "new.pt", resume=True)
+    assert la == lb and (tmp_path / "new.pt").is_file()
+
+
+def test_ema_follows_the_documented_average(tmp_path):
+    # Record the weights after every step (by resuming one step at a time), then average them by hand:
+    # ema_1 = theta_1, ema_k = decay * ema_{k-1} + (1 - decay) * theta_k.
+    decay, steps = 0.8, 4
+    path = tmp_path / "ema.pt"
+    history = []
+    for k in range(1, steps + 1):
+        model = _model()
+        _train(model, k, checkpoint_path=path, resume=True)
+        history.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    model = _model()
+    ema = make_ema(model, decay=decay)
+    _train(model, steps, ema_model=ema)
+    assert int(ema.n_averaged) == steps
+    for name, p in ema.module.named_parameters():
+        expected = history[0][name]
+        for theta in history[1:]:
+            expected = decay * expected + (1 - decay) * theta[name]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(p.detach(), dict(model.named_parameters())[name].detach())
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, 1.5])
+def test_bad_ema_decay_is_a_value_error(decay):
+    with pytest.raises(ValueError, match=r"decay must be in the open interval \(0, 1\)"):
+        make_ema(_model(), decay=decay)
+
+
+def test_checkpoints_are_written_atomically(tmp_path):
+    path = tmp_path / "sub" / "ckpt.pt"
+    _train(_model(), None, epochs=2, batch_size=128, checkpoint_path=path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt.pt"]      # no temporary files left behind
+    first = load_checkpoint(path)
+    assert first["step"] == 4 and len(first["losses"]) == 4
+    # A save that fails half-way leaves the previous file intact and no temporary file.
+    model = _model()
+    with pytest.raises(Exception):
+        save_checkpoint(path, model, step=99, unpicklable=lambda: None)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt.pt"]
+    assert load_checkpoint(path)["step"] == 4
+
+
+def test_checkpoint_round_trip_with_scorenet(tmp_path):
+    torch.manual_seed(0)
+    model = ScoreNet(SDE.marginal_prob_std, channels=(32, 32, 64, 64), embed_dim=64)
+    ema = make_ema(model, decay=0.9)
+    images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "scorenet.pt"
+    losses = train(model, images, SDE.marginal_prob_std, steps=2, batch_size=4, lr=1e-3, ema_model=ema,
+                   checkpoint_path=path, progress=False)
+
+    torch.manual_seed(5)
+    fresh = ScoreNet(SDE.marginal_prob_std, channels=(32, 32, 64, 64), embed_dim=64)
+    fresh_ema = make_ema(fresh, decay=0.9)
+    optimizer = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    ckpt = load_checkpoint(path, fresh, optimizer=optimizer, ema_model=fresh_ema)
+    assert ckpt["step"] == 2 and ckpt["losses"] == losses
+    assert _states_equal(fresh.state_dict(), model.state_dict())
+    assert _states_equal(fresh_ema.state_dict(), ema.state_dict())
+    assert len(optimizer.state) == len(list(fresh.parameters()))
+    x, t = images[:2], torch.tensor([0.2, 0.7])
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x, t), model.eval()(x, t))
+
+
+def test_load_checkpoint_accepts_a_plain_state_dict(tmp_path):
+    model = _model()
+    path = tmp_path / "plain.pt"
+    torch.save(model.state_dict(), path)
+    other = _model(seed=2)
+    ckpt = load_checkpoint(path, other)
+    assert ckpt["step"] == 0 and ckpt["optimizer"] is None
+    assert _states_equal(other.state_dict(), model.state_dict())
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))       # would create a file if the pickle were executed
+
+
+def test_load_checkpoint_refuses_pickled_objects(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": _Payload(str(marker))}, f, protocol=2)
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_checkpoint(path, _model())
+    assert not marker.exists()
+    torch.save({"format": "x", "model": _TimeIgnoring(nn.Linear(1, 1))}, tmp_path / "module.pt")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "module.pt")
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="not a dict"):
+        load_checkpoint(tmp_path / "list.pt")
+    save_checkpoint(tmp_path / "mlp.pt", _model())
+    with pytest.raises(ValueError, match=r"missing keys: .*net\.0\.weight|unexpected keys: .*net\.0\.weight"):
+        load_checkpoint(tmp_path / "mlp.pt", nn.Sequential(nn.Linear(2, 2)))
+    wider = MLPScore(hidden=16)
+    with pytest.raises(ValueError, match=r"shape mismatches: .*net\.0\.weight"):
+        load_checkpoint(tmp_path / "mlp.pt", wider)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_data_is_a_value_error(bad):
+    data = _data()
+    data[5, 1] = bad
+    with pytest.raises(ValueError, match="data contains NaN or inf"):
+        train(_model(), data, SDE.marginal_prob_std, steps=1, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"batch_size": 0}, "batch_size"), ({"batch_size": 2.5}, "batch_size"), ({"lr": 0.0}, "lr"),
+    ({"lr": -1e-3}, "lr"), ({"lr": float("nan")}, "lr"), ({"eps": 0.0}, "eps"), ({"eps": 1.0}, "eps"),
+    ({"steps": 0}, "steps"), ({"log_every": 0}, "log_every"),
+])
+def test_bad_arguments_are_value_errors_naming_them(kwargs, name):
+    kw = {"steps": 1, "progress": False, **kwargs}
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        train(_model(), _data(), SDE.marginal_prob_std, **kw)
+
+
+@pytest.mark.parametrize("data", [torch.zeros(0, 2), torch.zeros(5), "data"])
+def test_bad_data_is_a_value_error(data):
+    with pytest.raises(ValueError, match="data must be a non-empty tensor"):
+        train(_model(), data, SDE.marginal_prob_std, steps=1, progress=False)
+
+
+def test_a_diverging_loss_stops_with_the_step(tmp_path):
+    class Exploding(MLPScore):
+        calls = 0
+
+        def forward(self, x, t):
+            self.calls += 1
+            out = super().forward(x, t)
+            return out * float("nan") if self.calls >= 3 else out     # NaN from the third step on
+
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(FloatingPointError, match="NaN or inf at step 3 "):
+        _train(Exploding(), 8, log_every=5, checkpoint_path=path)
+    assert not path.exists()                    # no checkpoint of the broken weights
