@@ -18,14 +18,17 @@ from sgm_helpers import ScoreNet, VESDE, load_mnist, make_ema, seed_everything, 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/mnist-ve25.pt")
-    p.add_argument("--epochs", type=int, default=400)
+    p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--sigma", type=float, default=25.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seed_everything(args.seed)  # also fixes the GaussianFourierProjection weights
     sde = VESDE(args.sigma)
     model = ScoreNet(sde.marginal_prob_std)

@@ -8,11 +8,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib import animation
-from torchvision.utils import make_grid
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
     """Tile ``[B, C, H, W]`` images into one ``[C, H', W']`` grid (``torchvision.utils.make_grid``)."""
+    from torchvision.utils import make_grid  # imported here: torchvision is slow to import
+
     if images.dim() != 4:
         raise ValueError(f"images must have shape [B, C, H, W], got {tuple(images.shape)}")
     nrow = nrow or max(1, math.isqrt(images.shape[0] - 1) + 1)

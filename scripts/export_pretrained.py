@@ -1,0 +1,80 @@
+"""Export a training checkpoint's score model into the package as shipped weights.
+
+    python scripts/export_pretrained.py --checkpoint runs/mnist-ve25.pt --which ema --name mnist-ve25
+
+Writes the plain ``ScoreNet`` state dict (the EMA weights, with the ``module.`` prefix of
+``AveragedModel`` removed, or the raw weights) to ``sgm_helpers/weights/<name>.pt`` and records
+in ``sgm_helpers/weights/manifest.json`` its sha256, the SDE, the architecture and the training
+configuration read from the checkpoint. Checkpoints do not record the SDE: pass the ``--sigma``
+the model was trained with.
+"""
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sgm_helpers.pretrained import (WEIGHTS_DIR, checkpoint_state_dict, scorenet_architecture, sha256_file,
+                                    write_manifest_entry)
+from sgm_helpers.training import CHECKPOINT_FORMAT
+
+TRAIN_COMMAND = "SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py --out runs/mnist-ve25.pt"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="runs/mnist-ve25.pt", help="a package training checkpoint")
+    p.add_argument("--which", choices=["ema", "raw"], required=True, help="EMA or raw weights")
+    p.add_argument("--name", default="mnist-ve25", help="registry name; the file is weights/<name>.pt")
+    p.add_argument("--sigma", type=float, default=25.0, help="the VE SDE's sigma the model was trained with")
+    p.add_argument("--train-images", type=int, default=5000,
+                   help="size of the training set (MNIST training split; 5,000 offline)")
+    p.add_argument("--train-command", default=TRAIN_COMMAND, help="the command that trained the checkpoint")
+    args = p.parse_args()
+
+    # Copy first: the training run may replace the checkpoint while we read it.
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "ckpt.pt"
+        shutil.copy(args.checkpoint, copy)
+        ckpt = torch.load(copy, map_location="cpu", weights_only=True)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise SystemExit(f"error: {args.checkpoint} is not a package training checkpoint")
+    state = {k: v.detach().clone().contiguous() for k, v in checkpoint_state_dict(ckpt, args.which).items()}
+
+    out = WEIGHTS_DIR / f"{args.name}.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out)
+    losses = ckpt.get("losses") or []
+    config = dict(ckpt.get("config") or {})
+    step = int(ckpt["step"])
+    steps_per_epoch = -(-args.train_images // config["batch_size"]) if "batch_size" in config else None
+    tail = losses[-500:]
+    entry = {
+        "kind": "score_model",
+        "file": out.name,
+        "sha256": sha256_file(out),
+        "bytes": out.stat().st_size,
+        "sde": {"type": "VESDE", "sigma": args.sigma},
+        "architecture": {"class": "ScoreNet", **scorenet_architecture(state)},
+        "weights": args.which,
+        "training": {
+            **config,
+            "steps": step,
+            "epochs": round(step / steps_per_epoch, 2) if steps_per_epoch else None,
+            "ema_n_averaged": int(ckpt["ema"]["n_averaged"]) if ckpt.get("ema") is not None else None,
+            "final_loss_last500_mean": sum(tail) / len(tail) if tail else None,
+            "train_images": args.train_images,
+            "data": "MNIST training split (offline: the 5,000-image class-balanced subset); never the test split",
+            "command": args.train_command,
+        },
+    }
+    manifest = write_manifest_entry(args.name, entry)
+    n_params = sum(v.numel() for v in state.values())
+    print(f"wrote {out} ({entry['bytes'] / 1e6:.1f} MB, {n_params:,} numbers, {args.which} weights after "
+          f"{step} steps) and its entry in {manifest}")
+
+
+if __name__ == "__main__":
+    main()

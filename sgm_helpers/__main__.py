@@ -1,0 +1,402 @@
+"""Command-line entry point: ``python -m sgm_helpers`` (installed as ``sgm-helpers``).
+
+    python -m sgm_helpers sample --sampler pc --n 64 --steps 500 --seed 0 --out samples.png
+    python -m sgm_helpers train --epochs 50 --out ckpt.pt
+    python -m sgm_helpers bpd --n 1000
+    python -m sgm_helpers evaluate
+
+``sample``, ``bpd`` and ``evaluate`` use the score model shipped with the package
+("mnist-ve25", a VE SDE with sigma = 25) unless ``--checkpoint`` names another.
+Bad arguments give a one-line ``error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_STEPS = 500
+SAMPLERS = {"em": "Euler-Maruyama", "pc": "predictor-corrector", "ode": "probability-flow ODE (RK45)"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line: ``error: <what> (see '<prog> --help')``."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--device", help="cpu, cuda, cuda:1, mps... (default: the best available)")
+    common.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default: 0)")
+    common.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--checkpoint", type=Path,
+                       help="a checkpoint from 'train' (or the original tutorial's ckpt.pth) instead of the "
+                            "shipped model")
+    model.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
+                       help="with --checkpoint: the EMA or the raw weights (auto: EMA if present)")
+    model.add_argument("--sigma", type=_positive_float, default=25.0,
+                       help="with --checkpoint: the VE SDE's sigma the model was trained with (default: 25)")
+    model.add_argument("--model", default="mnist-ve25", help="name of a shipped model (default: mnist-ve25)")
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--data-dir", type=Path, help="MNIST root (default: $SGM_DATA_DIR or ~/.cache/sgm_helpers)")
+    data.add_argument("--no-download", action="store_true", help="fail instead of downloading MNIST")
+    sampling = argparse.ArgumentParser(add_help=False)
+    sampling.add_argument("--steps", type=_positive_int,
+                          help="time steps of the em and pc samplers (default: 500; the ode sampler is adaptive)")
+    sampling.add_argument("--snr", type=_positive_float, default=0.16, help="pc corrector's signal-to-noise ratio")
+    sampling.add_argument("--eps", type=float, default=1e-3, help="final time of sampling (default: 1e-3)")
+
+    parser = _Parser(prog="python -m sgm_helpers", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{sample,train,bpd,evaluate}")
+
+    p = sub.add_parser("sample", parents=[common, model, sampling], help="draw digits and save them as a PNG grid",
+                       description="Draw samples with a sampler and save them as one PNG grid (pixels clipped to "
+                                   "[0, 1] for display).")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="pc", help="em, pc or ode (default: pc)")
+    p.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--out", type=Path, default=Path("samples.png"), help="output PNG (default: samples.png)")
+    p.add_argument("--nrow", type=_positive_int, help="images per row (default: a square)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train", parents=[common, data], help="train a ScoreNet (resumes from --out)",
+                       description="Train the tutorial's ScoreNet on the MNIST training split with denoising score "
+                                   "matching and an EMA of the weights. A checkpoint is written to --out after every "
+                                   "epoch; if --out exists, training resumes from it.")
+    p.add_argument("--epochs", type=_positive_int, default=50, help="total epochs (default: 50)")
+    p.add_argument("--out", type=Path, default=Path("ckpt.pt"), help="checkpoint path (default: ckpt.pt)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--lr", type=_positive_float, default=2e-4)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--sigma", type=_positive_float, default=25.0, help="the VE SDE's sigma (default: 25)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bpd", parents=[common, model, data], help="bits/dim on the MNIST test split",
+                       description="Bits/dim of the first --n MNIST test images (uniform dequantization, "
+                                   "probability-flow ODE likelihood with a Hutchinson trace estimate).")
+    p.add_argument("--n", type=_positive_int, default=1000, help="number of test images (default: 1000)")
+    p.add_argument("--batch-size", type=_positive_int, default=100)
+    p.add_argument("--hutchinson", choices=["gaussian", "rademacher"], default="gaussian")
+    p.add_argument("--json", type=Path, help="also write the result to this JSON file")
+    p.set_defaults(func=cmd_bpd)
+
+    p = sub.add_parser("evaluate", parents=[common, model, data, sampling], help="recompute the model card's numbers",
+                       description="Recompute the model card's numbers: the classifier's test accuracy, bits/dim on "
+                                   "the test split, and for each sampler the Fréchet distance to the test split, the "
+                                   "confidently classified share, the class histogram, score evaluations and wall "
+                                   "time. Writes sample grids and a JSON file to --out-dir.")
+    p.add_argument("--bpd-n", type=_nonnegative_int, default=10000, help="test images for bits/dim (0 skips)")
+    p.add_argument("--bpd-batch-size", type=_positive_int, default=100)
+    p.add_argument("--n-samples", type=_positive_int, default=2000, help="samples per sampler (default: 2000)")
+    p.add_argument("--batch-size", type=_positive_int, default=500, help="samples drawn per batch")
+    p.add_argument("--samplers", nargs="+", choices=sorted(SAMPLERS), default=["em", "pc", "ode"])
+    p.add_argument("--out-dir", type=Path, default=Path("docs"), help="where grids and JSON go (default: docs/)")
+    p.add_argument("--json", type=Path, help="results file (default: <out-dir>/evaluation.json)")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _device(args) -> torch.device:
+    from .utils import get_device
+
+    if args.device is None:
+        return get_device()
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {args.device}: MPS is not available on this machine")
+    return device
+
+
+def _score_model(args, device):
+    """``(score_model, sde, description)`` from --checkpoint, or the shipped --model."""
+    from .pretrained import (checkpoint_state_dict, load_pretrained, model_info, pretrained_sde, read_checkpoint,
+                             resolve_checkpoint_weights, scorenet_from_state_dict)
+    from .sde import VESDE
+
+    if args.checkpoint is not None:
+        ckpt, sde = read_checkpoint(args.checkpoint), VESDE(args.sigma)
+        which = resolve_checkpoint_weights(ckpt, args.weights)
+        model = scorenet_from_state_dict(checkpoint_state_dict(ckpt, which), sde).to(device)
+        return model, sde, f"{args.checkpoint} ({which} weights, {sde})"
+    model, sde = load_pretrained(args.model, device=device), pretrained_sde(args.model)
+    info = model_info(args.model)
+    return model, sde, f"the shipped model {args.model!r} ({info.get('weights', '')} weights, {sde})"
+
+
+def _load_split(args, train: bool):
+    from .data import load_mnist
+
+    return load_mnist(train=train, root=args.data_dir, download=not args.no_download)
+
+
+def draw_samples(sampler: str, score_model, sde, n: int, *, steps: int, snr: float, eps: float, batch_size: int,
+                 generator: torch.Generator, device, progress: bool) -> tuple[torch.Tensor, list[int], float]:
+    """``n`` samples ``[n, 1, 28, 28]`` on the CPU in batches, the score evaluations of each batch (counted
+    by wrapping the model), and the wall time in seconds."""
+    from tqdm.auto import tqdm
+
+    from .samplers import euler_maruyama_sampler, ode_sampler, pc_sampler
+
+    calls = 0
+
+    def counted_score(x, t):
+        nonlocal calls
+        calls += 1
+        return score_model(x, t)
+
+    out, nfe = [], []
+    t0 = time.perf_counter()
+    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    for b in tqdm(sizes, desc=f"{sampler} batches", disable=not progress or len(sizes) == 1):
+        calls, shape = 0, (b, 1, 28, 28)
+        kw = dict(eps=eps, device=device, generator=generator, progress=progress)
+        if sampler == "em":
+            x = euler_maruyama_sampler(counted_score, sde, shape, num_steps=steps, **kw)
+        elif sampler == "pc":
+            x = pc_sampler(counted_score, sde, shape, num_steps=steps, snr=snr, **kw)
+        elif sampler == "ode":
+            x, _ = ode_sampler(counted_score, sde, shape, **kw)
+        else:
+            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+        out.append(x.cpu())
+        nfe.append(calls)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return torch.cat(out), nfe, time.perf_counter() - t0
+
+
+def _save_grid(samples: torch.Tensor, path: Path, nrow: int | None = None) -> Path:
+    """Save ``[B, 1, 28, 28]`` samples as one PNG grid, each pixel clipped to [0, 1] (as displayed)."""
+    import math
+
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--out must be a .png file, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nrow = nrow or max(1, math.isqrt(len(samples) - 1) + 1)
+    save_image(samples.clamp(0.0, 1.0), path, nrow=nrow, padding=2, pad_value=1.0)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# subcommands
+
+
+def cmd_sample(args) -> int:
+    if args.out.suffix.lower() != ".png":
+        raise ValueError(f"--out must be a .png file, got {args.out}")
+    device = _device(args)
+    model, sde, source = _score_model(args, device)
+    if args.sampler == "ode" and args.steps is not None:
+        print("note: the ode sampler is adaptive (RK45, rtol = atol = 1e-5); --steps is not used", file=sys.stderr)
+    gen = torch.Generator().manual_seed(args.seed)
+    x, nfe, wall = draw_samples(args.sampler, model, sde, args.n, steps=args.steps or DEFAULT_STEPS, snr=args.snr,
+                                eps=args.eps, batch_size=args.n, generator=gen, device=device,
+                                progress=not args.no_progress)
+    path = _save_grid(x, args.out, args.nrow)
+    print(f"wrote {path}: {args.n} samples from {source}, {SAMPLERS[args.sampler]} sampler, "
+          f"{sum(nfe)} score evaluations, {wall:.1f} s on {device} (pixels clipped to [0, 1] for display)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .models import ScoreNet
+    from .sde import VESDE
+    from .training import load_checkpoint, make_ema, train
+    from .utils import seed_everything
+
+    device = _device(args)
+    seed_everything(args.seed)  # also fixes the random Fourier features of the time embedding
+    sde = VESDE(args.sigma)
+    model = ScoreNet(sde.marginal_prob_std)
+    ema = make_ema(model, args.ema_decay)
+    images, _ = _load_split(args, train=True)
+    total = args.epochs * -(-len(images) // args.batch_size)
+    if args.out.is_file():
+        done = int(load_checkpoint(args.out)["step"])
+        if done >= total:
+            print(f"{args.out} already holds {done} steps, at least --epochs {args.epochs} ({total} steps); "
+                  "give a larger --epochs to train on")
+            return 0
+        print(f"resuming from {args.out} (step {done} of {total})")
+    print(f"training on {len(images)} MNIST training images for {args.epochs} epochs on {device}; "
+          f"checkpoint: {args.out}")
+    losses = train(model, images, sde.marginal_prob_std, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                   device=device, checkpoint_path=args.out, ema_model=ema, seed=args.seed, resume=True,
+                   progress=not args.no_progress)
+    tail = losses[-100:]
+    print(f"saved {args.out}: {len(losses)} steps, mean loss of the last {len(tail)} steps "
+          f"{sum(tail) / max(len(tail), 1):.2f}")
+    sigma = "" if args.sigma == 25.0 else f" --sigma {args.sigma:g}"
+    print(f"draw samples with: python -m sgm_helpers sample --checkpoint {args.out}{sigma}")
+    return 0
+
+
+def cmd_bpd(args) -> int:
+    from .likelihood import evaluate_bpd
+
+    device = _device(args)
+    model, sde, source = _score_model(args, device)
+    images, _ = _load_split(args, train=False)
+    if args.n > len(images):
+        raise ValueError(f"--n {args.n} is larger than the test split ({len(images)} images)")
+    result = evaluate_bpd(model, sde, images[:args.n], batch_size=args.batch_size, hutchinson=args.hutchinson,
+                          generator=torch.Generator().manual_seed(args.seed), progress=not args.no_progress,
+                          device=device)
+    print(f"{source}, first {args.n} test images: {result.mean:.3f} ± {result.stderr:.3f} bits/dim "
+          f"(mean ± standard error); score evaluations per batch of {args.batch_size}: "
+          f"mean {sum(result.nfe) / len(result.nfe):.0f}, min {min(result.nfe)}, max {max(result.nfe)}")
+    if args.json:
+        _write_json(args.json, {"model": source, "n": args.n, "batch_size": args.batch_size,
+                                "bpd_mean": result.mean, "bpd_stderr": result.stderr, "nfe_per_batch": result.nfe})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _write_json(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def cmd_evaluate(args) -> int:
+    from .classifier import classifier_accuracy, load_classifier
+    from .likelihood import evaluate_bpd
+    from .metrics import classifier_features, frechet_distance, sample_quality
+    from .pretrained import model_info
+
+    device = _device(args)
+    progress = not args.no_progress
+    json_path = args.json or args.out_dir / "evaluation.json"
+    model, sde, source = _score_model(args, device)
+    test_images, test_labels = _load_split(args, train=False)
+    train_images, _ = _load_split(args, train=True)
+    if args.bpd_n > len(test_images):
+        raise ValueError(f"--bpd-n {args.bpd_n} is larger than the test split ({len(test_images)} images)")
+    results = {
+        "command": "python -m sgm_helpers " + " ".join(args.argv),
+        "model": source,
+        "weights_sha256": None if args.checkpoint else model_info(args.model)["sha256"],
+        "device": str(device), "torch": torch.__version__, "python": platform.python_version(), "seed": args.seed,
+        "test_images": len(test_images), "train_images": len(train_images),
+    }
+
+    def save():
+        _write_json(json_path, results)
+
+    classifier = load_classifier(device=device)
+    acc = classifier_accuracy(classifier, test_images, test_labels)
+    info = model_info("mnist-classifier")
+    results["classifier"] = {"test_accuracy": acc, "test_images": len(test_images),
+                             "train_images": info["training"]["train_images"], "sha256": info["sha256"]}
+    print(f"classifier: test accuracy {acc:.4f} on {len(test_images)} test images", flush=True)
+    reference = classifier_features(classifier, test_images)
+    n_real = min(args.n_samples, len(train_images))
+    real = train_images[torch.randperm(len(train_images), generator=torch.Generator().manual_seed(args.seed))[:n_real]]
+    results["real_data_baseline"] = {
+        "what": f"{n_real} MNIST training images scored like samples: the Fréchet distance real digits reach "
+                "at this sample size",
+        **sample_quality(real, classifier, reference, clip=True).to_dict()}
+    print(f"baseline, {n_real} real training images: Fréchet distance "
+          f"{results['real_data_baseline']['frechet_distance']:.2f}", flush=True)
+    save()
+
+    if args.bpd_n:
+        t0 = time.perf_counter()
+        bpd = evaluate_bpd(model, sde, test_images[:args.bpd_n], batch_size=args.bpd_batch_size,
+                           generator=torch.Generator().manual_seed(args.seed), progress=progress, device=device)
+        results["bpd"] = {"n": args.bpd_n, "mean": bpd.mean, "stderr": bpd.stderr, "batch_size": args.bpd_batch_size,
+                          "nfe_per_batch_mean": sum(bpd.nfe) / len(bpd.nfe), "nfe_per_batch": bpd.nfe,
+                          "wall_s": time.perf_counter() - t0}
+        print(f"bits/dim on the first {args.bpd_n} test images: {bpd.mean:.3f} ± {bpd.stderr:.3f} "
+              f"({results['bpd']['nfe_per_batch_mean']:.0f} function evaluations per batch of {args.bpd_batch_size})",
+              flush=True)
+        save()
+
+    results["samplers"] = {}
+    for name in args.samplers:
+        gen = torch.Generator().manual_seed(args.seed)
+        x, nfe, wall = draw_samples(name, model, sde, args.n_samples, steps=args.steps or DEFAULT_STEPS,
+                                    snr=args.snr, eps=args.eps, batch_size=args.batch_size, generator=gen,
+                                    device=device, progress=progress)
+        grid = _save_grid(x[:64], args.out_dir / f"samples_{name}.png")
+        clipped = sample_quality(x, classifier, reference, clip=True)
+        raw_fd = frechet_distance(classifier_features(classifier, x), reference)
+        results["samplers"][name] = {
+            "sampler": SAMPLERS[name], "steps": None if name == "ode" else args.steps or DEFAULT_STEPS,
+            "snr": args.snr if name == "pc" else None, "eps": args.eps, "batch_size": args.batch_size,
+            "score_evaluations_per_batch": nfe, "wall_s": wall, "wall_s_per_sample": wall / len(x),
+            **clipped.to_dict(), "frechet_distance_unclipped": raw_fd, "grid": str(grid)}
+        print(f"{name}: {clipped}; score evaluations per batch of {args.batch_size}: {nfe}; {wall:.1f} s; "
+              f"grid {grid}", flush=True)
+        save()
+    print(f"wrote {json_path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except (ValueError, OSError, RuntimeError, ArithmeticError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The weights shipped inside the package, and loading score models from checkpoints.
+
+The registry is one JSON file, ``sgm_helpers/weights/manifest.json``, mapping a name to an entry:
+
+    {"mnist-ve25": {"kind": "score_model", "file": "mnist-ve25.pt", "sha256": "...",
+                    "sde": {"type": "VESDE", "sigma": 25.0},
+                    "architecture": {"class": "ScoreNet", "channels": [32, 64, 128, 256], "embed_dim": 256},
+                    "training": {...}},
+     "mnist-classifier": {"kind": "classifier", ...}}
+
+Every file is a plain state dict. Its sha256 is checked against the manifest before it is read,
+and it is read with ``torch.load(..., weights_only=True)``, so a corrupted or replaced file is
+refused instead of half-loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .models import ScoreNet, load_tutorial_checkpoint
+from .sde import VESDE
+from .training import CHECKPOINT_FORMAT
+from .utils import get_device
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+MANIFEST_NAME = "manifest.json"
+DEFAULT_MODEL = "mnist-ve25"
+CHECKPOINT_WEIGHTS = ("auto", "ema", "raw")
+SCORENET_BUFFERS = ("embed.0.W",)  # ScoreNet's only buffer: the fixed Fourier features, never trained
+
+
+def sha256_file(path) -> str:
+    """The hex sha256 digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest() -> dict:
+    """The registry ``weights/manifest.json`` as a dict ``name -> entry`` (empty if there is none)."""
+    path = WEIGHTS_DIR / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_manifest_entry(name: str, entry: Mapping) -> Path:
+    """Add or replace ``name`` in the manifest (written atomically, keys sorted). For the export scripts."""
+    manifest = read_manifest()
+    manifest[name] = dict(entry)
+    path = WEIGHTS_DIR / MANIFEST_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def available_models(kind: str | None = None) -> list[str]:
+    """Names in the manifest, optionally only those of one ``kind`` (``"score_model"``, ``"classifier"``)."""
+    return sorted(name for name, entry in read_manifest().items() if kind is None or entry.get("kind") == kind)
+
+
+def model_info(name: str = DEFAULT_MODEL, kind: str | None = None) -> dict:
+    """The manifest entry of ``name`` (file, sha256, SDE, architecture, training summary...).
+
+    Raises ``ValueError`` listing the known names if ``name`` (of that ``kind``) is not shipped.
+    """
+    entry = read_manifest().get(name) if isinstance(name, str) else None
+    if entry is None or (kind is not None and entry.get("kind") != kind):
+        known = ", ".join(repr(n) for n in available_models(kind)) or "none"
+        raise ValueError(f"unknown pretrained {kind or 'model'} name {name!r}; known names: {known}")
+    return dict(entry)
+
+
+def load_weights(name: str, kind: str | None = None) -> dict:
+    """The state dict shipped as ``name``, after checking its sha256 against the manifest.
+
+    Raises ``ValueError`` for an unknown name or a file whose sha256 does not match, and
+    ``FileNotFoundError`` if the file is missing from the installation.
+    """
+    entry = model_info(name, kind)
+    path = WEIGHTS_DIR / entry["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"the weights of {name!r} are missing: {path} (a broken installation?)")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise ValueError(f"sha256 mismatch for {path}: the manifest says {entry['sha256']}, the file has {digest}; "
+                         "the file is corrupted or was replaced (reinstall the package)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    return dict(state)
+
+
+def scorenet_architecture(state_dict: Mapping) -> dict:
+    """``ScoreNet`` constructor arguments (``channels``, ``embed_dim``) read off a state dict's shapes."""
+    try:
+        channels = [int(state_dict[f"conv{i}.weight"].shape[0]) for i in range(1, 5)]
+        embed_dim = int(state_dict["embed.1.weight"].shape[0])
+    except (KeyError, AttributeError, IndexError) as err:
+        raise ValueError(f"not a ScoreNet state dict (no {err} entry)") from None
+    return {"channels": channels, "embed_dim": embed_dim}
+
+
+def scorenet_from_state_dict(state_dict: Mapping, sde: VESDE) -> ScoreNet:
+    """A ``ScoreNet`` for ``sde`` of the architecture the state dict has, with its weights loaded, in eval mode."""
+    arch = scorenet_architecture(state_dict)
+    model = ScoreNet(sde.marginal_prob_std, channels=arch["channels"], embed_dim=arch["embed_dim"])
+    load_tutorial_checkpoint(model, state_dict)
+    return model.eval()
+
+
+def pretrained_sde(name: str = DEFAULT_MODEL) -> VESDE:
+    """The SDE the shipped score model ``name`` was trained for (``VESDE(sigma=25)`` for ``"mnist-ve25"``)."""
+    sde = model_info(name, "score_model")["sde"]
+    if sde.get("type") != "VESDE":
+        raise ValueError(f"{name!r} was trained for an SDE this package does not have: {sde}")
+    return VESDE(float(sde["sigma"]))
+
+
+def load_pretrained(name: str = DEFAULT_MODEL, device=None) -> ScoreNet:
+    """The shipped score model ``name``: a ``ScoreNet`` in eval mode on ``device`` (default ``get_device()``).
+
+    The file's sha256 is checked before it is read (``weights_only=True``). The model divides by
+    the ``marginal_prob_std`` of its SDE; get that SDE (for the samplers and the likelihood) with
+    :func:`pretrained_sde`::
+
+        score_model, sde = load_pretrained(), pretrained_sde()
+        x = pc_sampler(score_model, sde, (16, 1, 28, 28))
+
+    Raises ``ValueError`` for an unknown name (listing the known ones) or a sha256 mismatch.
+    """
+    sde = pretrained_sde(name)
+    model = scorenet_from_state_dict(load_weights(name, "score_model"), sde)
+    return model.to(get_device() if device is None else torch.device(device))
+
+
+def checkpoint_state_dict(ckpt: Mapping, which: str = "auto") -> dict:
+    """The score model's plain state dict held in a checkpoint.
+
+    Args:
+        ckpt: a package checkpoint (``training.save_checkpoint``: keys ``model`` and ``ema``, the
+            latter an ``AveragedModel`` state dict with ``module.``-prefixed keys and ``n_averaged``),
+            or a plain state dict (the original tutorial's ``ckpt.pth``).
+        which: ``"ema"`` (the exponential moving average), ``"raw"`` (the trained weights), or
+            ``"auto"`` (the EMA if the checkpoint has one, else the raw weights).
+    Buffers that ``AveragedModel`` does not average (the fixed Fourier features ``W``) are taken from
+    the raw model, which is where they are kept up to date.
+    """
+    which_resolved = resolve_checkpoint_weights(ckpt, which)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:  # a plain state dict
+        if which == "ema":
+            raise ValueError("this checkpoint is a plain state dict and holds no EMA weights; use which='raw'")
+        return dict(ckpt)
+    raw = dict(ckpt["model"])
+    if which_resolved == "raw":
+        return raw
+    if ckpt.get("ema") is None:
+        raise ValueError("this checkpoint holds no EMA weights (trained without ema_model); use which='raw'")
+    ema = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    if set(ema) != set(raw):
+        raise ValueError("the checkpoint's EMA and model weights have different keys")
+    return {k: (raw[k] if k in SCORENET_BUFFERS else ema[k]) for k in raw}
+
+
+def read_checkpoint(path) -> dict:
+    """Read a checkpoint file (``weights_only=True``) into a dict, without loading it into a model.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for one that cannot be read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, truncated, pickled code...
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"checkpoint {path} does not hold a dict (got {type(ckpt).__name__})")
+    return dict(ckpt)
+
+
+def resolve_checkpoint_weights(ckpt: Mapping, which: str = "auto") -> str:
+    """``"ema"`` or ``"raw"``: what ``which`` picks in this checkpoint (``"auto"``: the EMA if it has one)."""
+    if which not in CHECKPOINT_WEIGHTS:
+        raise ValueError(f"which must be one of {CHECKPOINT_WEIGHTS}, got {which!r}")
+    if which != "auto":
+        return which
+    return "ema" if ckpt.get("format") == CHECKPOINT_FORMAT and ckpt.get("ema") is not None else "raw"
+
+
+def load_score_checkpoint(path, *, sigma: float = 25.0, which: str = "auto", device=None) -> tuple[ScoreNet, VESDE]:
+    """Load a score model from a package checkpoint or a tutorial ``ckpt.pth``: returns ``(model, VESDE(sigma))``.
+
+    Checkpoints do not record the SDE, so ``sigma`` must be the one the model was trained with.
+    ``which`` picks the EMA or raw weights (see :func:`checkpoint_state_dict`). The architecture is
+    read off the weights' shapes. Raises ``FileNotFoundError`` for a missing file and ``ValueError``
+    for one that cannot be read or holds no ``ScoreNet``.
+    """
+    ckpt = read_checkpoint(path)
+    sde = VESDE(sigma)
+    model = scorenet_from_state_dict(checkpoint_state_dict(ckpt, which), sde)
+    return model.to(get_device() if device is None else torch.device(device)), sde

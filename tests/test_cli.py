@@ -1,0 +1,89 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from sgm_helpers import ScoreNet, VESDE, make_ema, save_checkpoint
+from sgm_helpers.__main__ import main
+
+
+def run_main(argv, capsys):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as stop:  # argparse errors and --help
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err):
+    assert code == 2
+    assert err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert "Traceback" not in err
+
+
+def test_python_m_bad_argument_in_a_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "sgm_helpers", "sample", "--sampler", "heun"],
+                          capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc.returncode, proc.stderr)
+    assert "--sampler" in proc.stderr and "heun" in proc.stderr
+
+
+def test_help(capsys):
+    code, out, _ = run_main(["--help"], capsys)
+    assert code == 0
+    for name in ("sample", "train", "bpd", "evaluate"):
+        assert name in out
+
+
+@pytest.mark.parametrize("command", ["sample", "train", "bpd", "evaluate"])
+def test_subcommand_help(command, capsys):
+    code, out, _ = run_main([command, "--help"], capsys)
+    assert code == 0 and f"python -m sgm_helpers {command}" in out and "--device" in out
+
+
+def test_bad_arguments_give_a_one_line_error(tmp_path, capsys):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    cases = {
+        "unknown sampler": ["sample", "--sampler", "xx"],
+        "n < 1": ["sample", "--n", "0"],
+        "steps not an integer": ["sample", "--steps", "many"],
+        "unreadable checkpoint": ["sample", "--checkpoint", garbage, "--device", "cpu"],
+        "missing checkpoint": ["sample", "--checkpoint", tmp_path / "missing.pt", "--device", "cpu"],
+        "not a png": ["sample", "--out", tmp_path / "x.jpg"],
+        "unknown device": ["sample", "--device", "toaster"],
+        "unknown model": ["sample", "--model", "mnist-ve99", "--device", "cpu"],
+        "missing data offline (bpd)": ["bpd", "--data-dir", empty, "--no-download", "--device", "cpu"],
+        "missing data offline (train)": ["train", "--data-dir", empty, "--no-download", "--out", tmp_path / "c.pt"],
+        "negative bpd-n": ["evaluate", "--bpd-n", "-1"],
+        "no subcommand": [],
+    }
+    for name, argv in cases.items():
+        code, _, err = run_main(argv, capsys)
+        assert_one_line_error(code, err)
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_sample_writes_a_png_grid_from_the_bundled_model(tmp_path, capsys):
+    out = tmp_path / "grid" / "samples.png"
+    code, stdout, _ = run_main(["sample", "--sampler", "pc", "--steps", "2", "--n", "4", "--device", "cpu",
+                                "--out", out, "--no-progress"], capsys)
+    assert code == 0 and f"wrote {out}" in stdout and "mnist-ve25" in stdout
+    assert "4 score evaluations" in stdout  # pc: two per step
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.size == (2 * 30 + 2, 2 * 30 + 2)  # 2 x 2 images of 28 + 2 padding
+
+
+def test_sample_from_a_training_checkpoint(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = ScoreNet(VESDE(10.0).marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=16)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, ema_model=make_ema(model), step=0)
+    out = tmp_path / "s.png"
+    code, stdout, _ = run_main(["sample", "--checkpoint", path, "--sigma", "10", "--sampler", "em", "--steps", "3",
+                                "--n", "3", "--device", "cpu", "--out", out, "--no-progress"], capsys)
+    assert code == 0 and out.is_file() and "VESDE(sigma=10)" in stdout and "3 score evaluations" in stdout
