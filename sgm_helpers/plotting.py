@@ -31,9 +31,9 @@ def show_images(images: torch.Tensor, nrow: int | None = None, *, title: str | N
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     if grid.shape[0] == 1 or (grid.shape[0] == 3 and images.shape[1] == 1):
-        ax.imshow(grid[0], cmap="gray", vmin=0.0, vmax=1.0)
+        ax.imshow(grid[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
     else:
-        ax.imshow(grid.permute(1, 2, 0).clamp(0, 1))
+        ax.imshow(grid.permute(1, 2, 0).numpy(), vmin=0.0, vmax=1.0)
     ax.set_axis_off()
     if title:
         ax.set_title(title)
