@@ -7,21 +7,33 @@ Score-based generative modeling through SDEs (Song et al., ICLR 2021), one modul
 
 __version__ = "0.1.0"
 
+from .classifier import MNISTClassifier, classifier_accuracy, load_classifier, predict_proba, train_classifier
 from .data import load_mnist
+from .langevin import annealed_langevin_dynamics, langevin_dynamics
 from .likelihood import (BPDResult, bits_per_dim, dequantize, evaluate_bpd, exact_divergence,
                          hutchinson_divergence, ode_likelihood)
 from .losses import dsm_loss
+from .metrics import SampleQuality, classifier_features, frechet_distance, sample_quality
 from .models import Dense, GaussianFourierProjection, ScoreNet, load_tutorial_checkpoint
-from .plotting import image_grid, show_images
-from .samplers import euler_maruyama_sampler, ode_sampler, pc_sampler
+from .plotting import (animate_trajectories, image_grid, plot_density_and_score, plot_trajectories,
+                       show_images)
+from .pretrained import available_models, load_pretrained, load_score_checkpoint, model_info, pretrained_sde
+from .samplers import edm_sigma_steps, euler_maruyama_sampler, heun_sampler, ode_sampler, pc_sampler
 from .sde import VESDE
+from .toy import GaussianMixture, ring, single_gaussian, three_modes, two_modes
 from .training import load_checkpoint, make_ema, save_checkpoint, train
 from .utils import get_device, seed_everything
 
 __all__ = [
     "VESDE", "ScoreNet", "GaussianFourierProjection", "Dense", "load_tutorial_checkpoint",
     "dsm_loss", "load_mnist", "train", "make_ema", "save_checkpoint", "load_checkpoint",
-    "euler_maruyama_sampler", "pc_sampler", "ode_sampler",
+    "euler_maruyama_sampler", "pc_sampler", "ode_sampler", "heun_sampler", "edm_sigma_steps",
     "hutchinson_divergence", "exact_divergence", "ode_likelihood", "bits_per_dim", "dequantize", "evaluate_bpd",
     "BPDResult", "show_images", "image_grid", "get_device", "seed_everything",
+    "GaussianMixture", "two_modes", "three_modes", "ring", "single_gaussian",
+    "langevin_dynamics", "annealed_langevin_dynamics",
+    "plot_density_and_score", "plot_trajectories", "animate_trajectories",
+    "load_pretrained", "pretrained_sde", "load_score_checkpoint", "available_models", "model_info",
+    "MNISTClassifier", "train_classifier", "load_classifier", "predict_proba", "classifier_accuracy",
+    "frechet_distance", "classifier_features", "sample_quality", "SampleQuality",
 ]
