@@ -92,12 +92,14 @@ def table(headers, rows) -> str:
 
 def load_model(args, device):
     """``(score_model, sde, description)``: the shipped model, or ``--checkpoint`` (EMA weights)."""
+    from sgm_helpers.pretrained import sha256_file
+
     if args.checkpoint:
         model, sde = sgm.load_score_checkpoint(args.checkpoint, sigma=args.sigma, which=args.weights, device=device)
-        source = f"{args.checkpoint} ({args.weights} weights)"
+        source = f"{args.checkpoint} ({args.weights} weights, sha256 {sha256_file(args.checkpoint)[:12]})"
     else:
         model, sde = sgm.load_pretrained(args.model, device=device), sgm.pretrained_sde(args.model)
-        source = f"shipped model {args.model!r}"
+        source = f"shipped model {args.model!r} (sha256 {sgm.model_info(args.model)['sha256'][:12]})"
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), sde, source
@@ -367,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None, help="MNIST root (default: $SGM_DATA_DIR)")
     p.add_argument("--model", default="mnist-ve25", help="shipped score model")
     p.add_argument("--checkpoint", help="use this checkpoint instead of the shipped model")
-    p.add_argument("--weights", default="ema", choices=["auto", "ema", "raw"])
+    p.add_argument("--weights", default="auto", choices=["auto", "ema", "raw"],
+                   help="with --checkpoint: EMA or raw weights (auto: the EMA if there is one)")
     p.add_argument("--sigma", type=float, default=25.0, help="the checkpoint's VE SDE sigma")
     p.add_argument("--baseline-workers", type=int, default=0, help="DataLoader workers of the baseline")
     g = p.add_argument_group("likelihood")
@@ -377,9 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the evaluate_bpd run at the tutorial's tolerance")
     g = p.add_argument_group("sampling and quality")
     g.add_argument("--sample-batch", type=int, default=64, help="batch of the speed comparison (tutorial: 64)")
-    g.add_argument("--heun-steps", type=int_list, default=[18], help="deterministic heun_sampler step counts")
-    g.add_argument("--churn-steps", type=int_list, default=[50], help="stochastic heun_sampler step counts")
-    g.add_argument("--s-churn", type=float, default=30.0)
+    g.add_argument("--heun-steps", type=int_list, default=[10, 18], help="deterministic heun_sampler step counts")
+    g.add_argument("--churn-steps", type=int_list, default=[25, 50], help="stochastic heun_sampler step counts")
+    g.add_argument("--s-churn", type=float, default=80.0,
+                   help="EDM's S_churn; gamma = min(s_churn / steps, sqrt(2) - 1): 80 is the cap for <= 193 steps")
     g.add_argument("--s-tmin", type=float, default=0.0)
     g.add_argument("--s-tmax", type=float, default=math.inf)
     g.add_argument("--s-noise", type=float, default=1.0)

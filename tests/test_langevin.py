@@ -18,16 +18,6 @@ from sgm_helpers.utils import randn
 Z = 4.5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run single-threaded: these tensors are small, and on a busy 2-core machine intra-op threads
-    waiting on each other made these tests tens of times slower (the results do not depend on it)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gen(seed):
     return torch.Generator().manual_seed(seed)
 

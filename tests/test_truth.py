@@ -38,16 +38,6 @@ N = 10_000  # samples per sampler
 N_REF = 200_000  # exact reference samples
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run single-threaded: these tensors are small, and on a busy 2-core machine intra-op threads
-    waiting on each other made these tests tens of times slower (the results do not depend on it)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gen(seed):
     return torch.Generator().manual_seed(seed)
 
