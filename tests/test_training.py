@@ -1,7 +1,6 @@
 """train, make_ema, save_checkpoint, load_checkpoint."""
 
 import math
-import os
 import pickle
 
 import pytest
