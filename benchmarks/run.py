@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--s-tmin", type=float, default=0.0)
     g.add_argument("--s-tmax", type=float, default=math.inf)
     g.add_argument("--s-noise", type=float, default=1.0)
-    g.add_argument("--em-steps", type=int_list, default=[500], help="Euler-Maruyama step counts")
+    g.add_argument("--em-steps", type=int_list, default=[100, 500], help="Euler-Maruyama step counts")
     g.add_argument("--fd-samples", type=int, default=1000)
     g.add_argument("--fd-batch", type=int, default=250)
     g = p.add_argument_group("training")

@@ -298,7 +298,7 @@ def heun_sampler(score_model, sde, shape=None, *, num_steps: int = 18, eps: floa
     gamma = min(s_churn / num_steps, math.sqrt(2.0) - 1.0)
 
     def d(x_, sigma: float) -> torch.Tensor:
-        t = _time_of_std(sde, torch.tensor(sigma)).to(device, torch.float32).expand(batch)
+        t = _time_of_std(sde, torch.tensor(sigma, dtype=torch.float64)).to(device, torch.float32).expand(batch)
         return -sigma * score_model(x_, t)
 
     for i in tqdm(range(num_steps), disable=not progress, desc="Heun (EDM)"):
@@ -312,7 +312,7 @@ def heun_sampler(score_model, sde, shape=None, *, num_steps: int = 18, eps: floa
         if sigma_next > 0:
             x_next = x + (sigma_next - sigma_hat) * 0.5 * (d_cur + d(x_next, sigma_next))
         x = x_next
-        _check_step(x, i, float(_time_of_std(sde, torch.tensor(sigma))), "heun_sampler")
+        _check_step(x, i, float(_time_of_std(sde, torch.tensor(sigma, dtype=torch.float64))), "heun_sampler")
         if callback is not None:
             callback(i, sigma_next, x)
     return x
