@@ -12,12 +12,15 @@ Sections (``--only``, comma-separated):
   the same tolerance, ``heun_sampler`` (deterministic and stochastic) and Euler-Maruyama.
 - ``quality``: the Fréchet distance (shipped classifier's features, clipped samples, against the
   test split, as in the model card) of ``--fd-samples`` samples per sampler.
-- ``training``: images per second of the tutorial's loop and of ``train`` on the same batches,
-  noise and initial weights (so the loss curves must agree), against the float32 matmul peak.
+- ``training``: images per second of the tutorial's loop, of ``train`` and of
+  ``train(precision="bfloat16")`` on the same batches, noise and initial weights (so the float32 loss
+  curves must agree exactly, and the bfloat16 one closely), against the float32 matmul peak.
 - ``notebooks``: wall time of every notebook under nbval, in quick mode and in default mode.
 
-Every section prints a Markdown table; all numbers (and the machine) go to ``--json``. Machines
-are noisy: compare the ratios, and read absolute times as context only.
+Every section prints a Markdown table; all numbers go to ``--json``, where each section keeps the
+command and the machine state (load averages included) of the run that produced it; running some
+sections replaces those and keeps the others. Machines are noisy: compare the ratios, and read
+absolute times as context only.
 """
 
 from __future__ import annotations
@@ -281,23 +284,25 @@ def bench_training(args, sde, device) -> dict:
     torch.manual_seed(args.seed)
     init = sgm.ScoreNet(sde.marginal_prob_std)
 
-    def package():
+    def package(precision="float32"):
         nonlocal images
         model = copy.deepcopy(init)
         if images is None:  # loading the split into memory is part of the package's approach: count it once
             images = sgm.load_mnist(train=True, root=args.data_dir, download=False)[0]
         return sgm.train(model, images, sde.marginal_prob_std, steps=steps, batch_size=b, lr=args.lr, seed=args.seed,
-                         device=device, progress=False)
+                         device=device, progress=False, precision=precision)
 
     def tutorial():
         model = copy.deepcopy(init)
         loader = baseline.train_loader(args.data_dir, b, steps, seed=args.seed, num_workers=args.baseline_workers)
         return baseline.train(model, loader, sde.marginal_prob_std, lr=args.lr, seed=args.seed, device=device)
 
-    secs = {"tutorial (baseline)": [], "train": []}
+    loops = {"tutorial (baseline)": tutorial, "train": package,
+             "train(precision='bfloat16')": lambda: package("bfloat16")}
+    secs = {name: [] for name in loops}
     losses = {}
     for _ in range(args.train_repeats):  # interleaved, to share the machine's noise
-        for name, fn in (("tutorial (baseline)", tutorial), ("train", package)):
+        for name, fn in loops.items():
             losses[name], sec = timed(fn, device)
             secs[name].append(sec)
     flops = training_flops_per_image(sde, device)
@@ -313,16 +318,26 @@ def bench_training(args, sde, device) -> dict:
                      "loss_mean": statistics.mean(losses[name])}
         rows.append([name, f"{ips:.0f}", f"{ips / base_ips:.2f}x", f"{gflops:.1f}", f"{100 * gflops / peak:.0f}%",
                      f"{statistics.mean(losses[name]):.3f}"])
-    a, c = torch.tensor(losses["tutorial (baseline)"]), torch.tensor(losses["train"])
-    agree = {"max_abs_diff": float((a - c).abs().max()), "max_rel_diff": float(((a - c).abs() / a.abs()).max())}
-    print(table(["loop", "images / s (best)", "speed-up", "GFLOP/s", "of matmul peak", "mean loss"], rows))
+
+    def agreement(ref, other):
+        a, c = torch.tensor(losses[ref]), torch.tensor(losses[other])
+        rel = (a - c).abs() / a.abs()
+        return {"max_abs_diff": float((a - c).abs().max()), "max_rel_diff": float(rel.max()),
+                "mean_rel_diff": float(rel.mean()), "mean_loss_rel_diff": float((c.mean() - a.mean()) / a.mean())}
+
+    agree = agreement("tutorial (baseline)", "train")
+    agree_bf16 = agreement("train", "train(precision='bfloat16')")
+    print(table(["loop", "images / s (best)", "speed-up", "GFLOP/s", "of float32 matmul peak", "mean loss"], rows))
     print(f"(forward + backward: {flops / 1e9:.3f} GFLOP per image; float32 matmul peak measured at {peak:.0f} GFLOP/s; "
-          f"loss curves: max |Δ| = {agree['max_abs_diff']:.2e}, max relative {agree['max_rel_diff']:.2e})", flush=True)
+          f"loss curves, train vs baseline: max |Δ| = {agree['max_abs_diff']:.2e}, max relative "
+          f"{agree['max_rel_diff']:.2e}; bfloat16 vs float32 train: max relative {agree_bf16['max_rel_diff']:.2e}, "
+          f"mean relative {agree_bf16['mean_rel_diff']:.2e}, mean loss {agree_bf16['mean_loss_rel_diff']:+.2e})",
+          flush=True)
     epoch_imgs = 60_000
-    best = out["train"]["images_per_second_best"]
-    out["tutorial_50_epochs_minutes_at_this_speed"] = 50 * epoch_imgs / best / 60
+    out["tutorial_50_epochs_minutes_at_this_speed"] = {
+        name: 50 * epoch_imgs / out[name]["images_per_second_best"] / 60 for name in loops}
     return {"steps": steps, "batch_size": b, "gflop_per_image": flops / 1e9, "matmul_peak_gflops": peak,
-            "loss_curves": agree, "results": out}
+            "loss_curves": agree, "loss_curves_bfloat16_vs_float32": agree_bf16, "results": out}
 
 
 # -- Notebooks ----------------------------------------------------------------------------------
@@ -412,14 +427,17 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     args.data_dir = args.data_dir or default_data_root()
     device = torch.device(args.device)
-    results = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-               "machine_start": machine(), "sections": {}}
+    command = " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
+    # Sections accumulate in one file: a run of some sections replaces those and keeps the others,
+    # each with the command and the machine state that produced it.
+    results = json.loads(args.json.read_text(encoding="utf-8")) if args.json.is_file() else {}
+    results.setdefault("sections", {})
+    start = machine()
     print("# Benchmarks\n")
-    print(table(["", ""], [[k, v] for k, v in results["machine_start"].items()]), flush=True)
-    model = sde = None
+    print(table(["", ""], [[k, v] for k, v in start.items()]), flush=True)
+    model = sde = source = None
     if {"likelihood", "sampling", "quality"} & set(sections):
         model, sde, source = load_model(args, device)
-        results["model"] = source
         print(f"\nscore model: {source}", flush=True)
     runners = {"likelihood": lambda: bench_likelihood(args, model, sde, device),
                "sampling": lambda: bench_sampling(args, model, sde, device),
@@ -427,10 +445,13 @@ def main(argv=None) -> int:
                "training": lambda: bench_training(args, sde or sgm.VESDE(args.sigma), device),
                "notebooks": lambda: bench_notebooks(args)}
     for name in sections:
-        t0 = time.perf_counter()
-        results["sections"][name] = runners[name]()
-        results["sections"][name]["wall_s"] = time.perf_counter() - t0
-        results["machine_end"] = machine()
+        t0, section_start = time.perf_counter(), machine()
+        out = runners[name]()
+        out.update(command=command, wall_s=time.perf_counter() - t0, machine_start=section_start,
+                   machine_end=machine())
+        if name != "notebooks" and name != "training":
+            out["model"] = source
+        results["sections"][name] = out
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"\nwrote {args.json}")

@@ -6,6 +6,7 @@ by a seeded permutation per epoch: no DataLoader, no per-image PIL transform.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -19,6 +20,9 @@ from .models import load_tutorial_checkpoint
 from .utils import check_eps, check_finite, check_positive, check_positive_int, model_device
 
 CHECKPOINT_FORMAT = "sgm_helpers.checkpoint/1"
+PRECISIONS = ("float32", "bfloat16")
+# Settings a resumed run must share with the checkpoint to continue the same loss curve.
+_RESUME_KEYS = ("batch_size", "lr", "seed", "eps", "n_train", "precision")
 
 
 def make_ema(model: torch.nn.Module, decay: float = 0.999) -> AveragedModel:
@@ -33,10 +37,27 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
+def _autocast(device: torch.device, precision: str):
+    """The forward pass's context: nothing for float32, ``torch.autocast`` for bfloat16."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _check_resume_config(path, saved: dict | None, config: dict) -> None:
+    if not saved:  # a checkpoint from before configs were stored, or from elsewhere: nothing to compare
+        return
+    diff = [f"{k}={saved[k]!r} in the checkpoint, {config[k]!r} now" for k in _RESUME_KEYS
+            if k in saved and saved[k] != config[k]]
+    if diff:
+        raise ValueError(f"cannot resume from {path}: it was written with other settings ({'; '.join(diff)}); "
+                         "resume with the same settings or write to a new checkpoint_path")
+
+
 def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None = None, steps: int | None = None,
           batch_size: int = 32, lr: float = 1e-4, device=None, checkpoint_path=None, progress: bool = True,
           ema_model: AveragedModel | None = None, seed: int = 0, eps: float = 1e-5, resume: bool = False,
-          log_every: int = 25) -> list[float]:
+          log_every: int = 25, precision: str = "float32") -> list[float]:
     """Train a score model with Adam on :func:`~sgm_helpers.losses.dsm_loss`.
 
     Args:
@@ -52,9 +73,16 @@ def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None
         ema_model: an ``AveragedModel`` (see :func:`make_ema`) updated after every step.
         seed: seeds the batch order and the noise draws.
         eps: smallest diffusion time in the loss.
-        resume: continue from ``checkpoint_path`` if that file exists (same data and batch size);
-            training then stops at the same total step count as an uninterrupted run.
+        resume: continue from ``checkpoint_path`` if that file exists; training then stops at the same
+            total step count as an uninterrupted run. The checkpoint must come from a run with the same
+            batch_size, lr, seed, eps, precision and number of training examples (else ``ValueError``);
+            ``epochs``/``steps`` may grow.
         log_every: steps between progress-bar updates and the NaN check.
+        precision: ``"float32"`` (default; reproduces the tutorial exactly) or ``"bfloat16"``: the forward
+            pass and the loss run under ``torch.autocast`` in bfloat16, while the weights, gradients,
+            Adam state and EMA stay float32 (no loss scaling is needed: bfloat16 has float32's range).
+            Faster on CPUs with bfloat16 instructions and on recent GPUs; the loss curve differs from
+            float32 in the third or fourth significant digit.
     Returns:
         the loss of every step since the start of training (including resumed steps), as floats.
     """
@@ -64,6 +92,8 @@ def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None
     check_positive(lr, "lr")
     eps = check_eps(eps)
     log_every = check_positive_int(log_every, "log_every")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if isinstance(data, (tuple, list)):
         data = data[0]
     if not isinstance(data, torch.Tensor) or data.dim() < 2 or len(data) == 0:
@@ -77,11 +107,14 @@ def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None
     total = (check_positive_int(epochs, "epochs") * steps_per_epoch if epochs is not None
              else check_positive_int(steps, "steps"))
 
+    config = dict(batch_size=batch_size, lr=lr, seed=seed, eps=eps, n_train=n, precision=precision)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     noise_gen = torch.Generator(device=device).manual_seed(seed)
     step, losses = 0, []
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
-        ckpt = load_checkpoint(checkpoint_path, model, optimizer=optimizer, ema_model=ema_model, map_location=device)
+        ckpt = load_checkpoint(checkpoint_path, map_location=device)
+        _check_resume_config(checkpoint_path, ckpt.get("config"), config)
+        _load_states(ckpt, model, optimizer, ema_model)
         step, losses = int(ckpt["step"]), list(ckpt.get("losses", []))
         if ckpt.get("rng") is not None and ckpt.get("rng_device_type") == device.type:
             noise_gen.set_state(ckpt["rng"].cpu())
@@ -90,7 +123,7 @@ def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, model, optimizer=optimizer, ema_model=ema_model, step=step,
                             losses=losses, rng=noise_gen.get_state(), rng_device_type=device.type,
-                            config=dict(batch_size=batch_size, lr=lr, seed=seed, eps=eps, total_steps=total))
+                            config=dict(config, total_steps=total))
 
     bar = tqdm(total=total, initial=step, disable=not progress, desc="train", unit="step")
     pending: list[torch.Tensor] = []
@@ -100,7 +133,8 @@ def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None
         if epoch != perm_epoch:
             perm, perm_epoch = _epoch_permutation(n, seed, epoch).to(device), epoch
         x = data[perm[k * batch_size:(k + 1) * batch_size]]
-        loss = dsm_loss(model, x, marginal_prob_std, eps=eps, generator=noise_gen)
+        with _autocast(device, precision):
+            loss = dsm_loss(model, x, marginal_prob_std, eps=eps, generator=noise_gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -176,10 +210,14 @@ def load_checkpoint(path, model: torch.nn.Module | None = None, *, optimizer=Non
         raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict")
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         ckpt = {"format": None, "model": ckpt, "optimizer": None, "ema": None, "step": 0, "losses": []}
+    _load_states(ckpt, model, optimizer, ema_model)
+    return ckpt
+
+
+def _load_states(ckpt: dict, model=None, optimizer=None, ema_model=None) -> None:
     if model is not None:
         load_tutorial_checkpoint(model, ckpt["model"])
     if optimizer is not None and ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if ema_model is not None and ckpt.get("ema") is not None:
         ema_model.load_state_dict(ckpt["ema"])
-    return ckpt

@@ -87,3 +87,40 @@ def test_sample_from_a_training_checkpoint(tmp_path, capsys):
     code, stdout, _ = run_main(["sample", "--checkpoint", path, "--sigma", "10", "--sampler", "em", "--steps", "3",
                                 "--n", "3", "--device", "cpu", "--out", out, "--no-progress"], capsys)
     assert code == 0 and out.is_file() and "VESDE(sigma=10)" in stdout and "3 score evaluations" in stdout
+
+
+def _write_idx(path, array: torch.Tensor) -> None:
+    # The idx format torchvision reads: a magic number (0x0803 images, 0x0801 labels), the dims, then bytes.
+    magic = 0x0800 + array.dim()
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.to(torch.uint8).numpy().tobytes())
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path):
+    raw = tmp_path / "tiny" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", 4), ("t10k", 2)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", torch.randint(0, 256, (n, 28, 28), generator=gen))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", torch.arange(n) % 10)
+    return tmp_path / "tiny"
+
+
+def test_train_writes_resumes_and_refuses_other_settings(tmp_path, tiny_mnist, capsys):
+    from sgm_helpers import load_checkpoint
+
+    out = tmp_path / "ckpt.pt"
+    base = ["train", "--data-dir", tiny_mnist, "--no-download", "--device", "cpu", "--no-progress", "--out", out,
+            "--batch-size", "4"]
+    code, stdout, _ = run_main([*base, "--epochs", "1"], capsys)
+    assert code == 0 and "training on 4 MNIST training images" in stdout
+    assert load_checkpoint(out)["step"] == 1                       # 4 images / batch 4
+    code, stdout, _ = run_main([*base, "--epochs", "2"], capsys)
+    assert code == 0 and "resuming from" in stdout and "(step 1 of 2)" in stdout
+    ckpt = load_checkpoint(out)
+    assert ckpt["step"] == 2 and len(ckpt["losses"]) == 2 and ckpt["config"]["precision"] == "float32"
+    code, _, err = run_main([*base, "--epochs", "3", "--precision", "bfloat16"], capsys)
+    assert_one_line_error(code, err)
+    assert "cannot resume" in err and "precision='float32' in the checkpoint, 'bfloat16' now" in err
+    assert load_checkpoint(out)["step"] == 2
