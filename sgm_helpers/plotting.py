@@ -24,7 +24,7 @@ def show_images(images: torch.Tensor, nrow: int | None = None, *, title: str | N
                 figsize=(6, 6)):
     """Show ``[B, C, H, W]`` images in [0, 1] as one grid (``nrow`` per row; default: a square).
 
-    Values outside [0, 1] are displayed saturated (imshow's vmin/vmax); the tensor is not changed.
+    Values outside [0, 1] are displayed saturated (black below 0, white above 1); the tensor is not changed.
     Returns the matplotlib axes.
     """
     grid = image_grid(images, nrow)
@@ -33,7 +33,8 @@ def show_images(images: torch.Tensor, nrow: int | None = None, *, title: str | N
     if grid.shape[0] == 1 or (grid.shape[0] == 3 and images.shape[1] == 1):
         ax.imshow(grid[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
     else:
-        ax.imshow(grid.permute(1, 2, 0).numpy(), vmin=0.0, vmax=1.0)
+        # imshow ignores vmin/vmax for RGB: saturate a display copy explicitly (it would clip with a warning)
+        ax.imshow(grid.permute(1, 2, 0).clamp(0.0, 1.0).numpy())
     ax.set_axis_off()
     if title:
         ax.set_title(title)

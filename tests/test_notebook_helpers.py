@@ -344,3 +344,23 @@ def test_toy_score_mlp_divides_by_std_and_learns_a_gaussian_score():
         target = toy.score(data[:512], sigma=0.5)
         err = (model(data[:512], 0.5) - target).pow(2).sum(1).mean()
     assert float(err) < 0.1 * float(target.pow(2).sum(1).mean())
+
+
+def test_show_images_saturates_out_of_range_values_without_changing_the_tensor(caplog):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sgm_helpers import show_images
+
+    for channels in (1, 3):
+        images = torch.linspace(-0.5, 1.5, 4 * channels * 4 * 4).reshape(4, channels, 4, 4)
+        before = images.clone()
+        caplog.clear()
+        ax = show_images(images, nrow=2)
+        shown = ax.get_images()[0]
+        assert shown.get_array().min() >= 0.0 or shown.get_clim() == (0.0, 1.0)
+        # matplotlib logs "Clipping input data..." when it has to saturate RGB data itself
+        assert not [r for r in caplog.records if "Clipping" in r.getMessage()]
+        assert torch.equal(images, before)
+        plt.close(ax.figure)
