@@ -349,6 +349,8 @@ def bench_notebooks(args) -> dict:
     out = {}
     for mode in args.notebook_modes:
         env = dict(os.environ, SGM_QUICK="1" if mode == "quick" else "0")
+        if args.threads:  # the kernels run in subprocesses: pass the thread count on
+            env["OMP_NUM_THREADS"] = str(args.threads)
         out[mode] = {}
         for nb in notebooks:
             cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-q", "-p", "no:cacheprovider",
