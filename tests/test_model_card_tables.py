@@ -43,3 +43,30 @@ def test_a_result_in_two_files_is_an_error(tmp_path):
     b = _write(tmp_path / "b.json", samplers={"em": _sampler(61.0, [500])})
     proc = _run(a, b)
     assert proc.returncode != 0 and "sampler 'em' found twice" in proc.stderr
+
+
+def test_the_model_card_shows_what_the_shipped_evaluation_files_hold():
+    root = SCRIPT.parents[1]
+    proc = _run(*sorted((root / "docs").glob("evaluation_*.json")))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    rows = [line for line, after in zip(lines, lines[1:] + [""])      # table rows, not headers or rulers
+            if line.startswith("| ") and not after.startswith("|---")]
+    assert len(rows) == 5                       # bits/dim, the real-data floor, and three samplers
+    card = (root / "MODEL_CARD.md").read_text(encoding="utf-8")
+    missing = [row for row in rows if row not in card]
+    assert not missing, f"MODEL_CARD.md is out of date: run scripts/model_card_tables.py docs/evaluation_*.json\n{missing}"
+    for doc in ("MODEL_CARD.md", "README.md"):
+        text = (root / doc).read_text(encoding="utf-8")
+        for image in ("samples_em.png", "samples_pc.png", "samples_ode.png"):
+            assert f"docs/{image}" in text and (root / "docs" / image).is_file()
+
+
+def test_the_readme_quotes_the_shipped_evaluation():
+    root = SCRIPT.parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    bpd = json.loads((root / "docs" / "evaluation_bpd.json").read_text())["bpd"]
+    assert f"{bpd['mean']:.3f} ± {bpd['stderr']:.3f} bits/dim" in readme
+    for path in (root / "docs").glob("evaluation_*.json"):
+        for name, result in json.loads(path.read_text()).get("samplers", {}).items():
+            assert f"FD {result['frechet_distance']:.2f}" in readme, (name, path)
