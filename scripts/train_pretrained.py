@@ -25,6 +25,8 @@ def main():
     p.add_argument("--sigma", type=float, default=25.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="train's precision (the shipped model: float32)")
     args = p.parse_args()
 
     if args.threads:
@@ -38,7 +40,7 @@ def main():
     t0 = time.time()
     losses = train(model, images, sde.marginal_prob_std, epochs=args.epochs, batch_size=args.batch_size,
                    lr=args.lr, ema_model=ema, seed=args.seed, checkpoint_path=args.out, resume=True,
-                   progress=True)
+                   progress=True, precision=args.precision)
     print(f"done: {len(losses)} steps, final loss {sum(losses[-500:]) / 500:.2f}, {time.time() - t0:.0f} s")
 
 
