@@ -13,6 +13,7 @@ import time
 import torch
 
 from sgm_helpers import ScoreNet, VESDE, load_mnist, make_ema, seed_everything, train
+from sgm_helpers.training import PRECISIONS
 
 
 def main():
@@ -25,7 +26,7 @@ def main():
     p.add_argument("--sigma", type=float, default=25.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="train's precision (the shipped model: float32)")
     args = p.parse_args()
 

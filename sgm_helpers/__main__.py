@@ -59,6 +59,8 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .training import PRECISIONS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--device", help="cpu, cuda, cuda:1, mps... (default: the best available)")
     common.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default: 0)")
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, default=2e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--sigma", type=_positive_float, default=25.0, help="the VE SDE's sigma (default: 25)")
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="bfloat16: forward pass under autocast, float32 weights; faster on CPUs with bfloat16 "
                         "instructions and on recent GPUs (default: float32)")
     p.set_defaults(func=cmd_train)
@@ -328,7 +330,8 @@ def cmd_evaluate(args) -> int:
         "model": source,
         "weights_sha256": None if args.checkpoint else model_info(args.model)["sha256"],
         "device": str(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "seed": args.seed, "test_images": len(test_images), "train_images": len(train_images),
+        "python": platform.python_version(), "seed": args.seed,
+        "test_images": len(test_images), "train_images": len(train_images),
     }
 
     def save():

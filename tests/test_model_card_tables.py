@@ -55,7 +55,8 @@ def test_the_model_card_shows_what_the_shipped_evaluation_files_hold():
     assert len(rows) == 5                       # bits/dim, the real-data floor, and three samplers
     card = (root / "MODEL_CARD.md").read_text(encoding="utf-8")
     missing = [row for row in rows if row not in card]
-    assert not missing, f"MODEL_CARD.md is out of date: run scripts/model_card_tables.py docs/evaluation_*.json\n{missing}"
+    assert not missing, ("MODEL_CARD.md is out of date: run scripts/model_card_tables.py docs/evaluation_*.json\n"
+                         f"{missing}")
     for doc in ("MODEL_CARD.md", "README.md"):
         text = (root / doc).read_text(encoding="utf-8")
         for image in ("samples_em.png", "samples_pc.png", "samples_ode.png"):
