@@ -98,7 +98,7 @@ def load_model(args, device):
     from sgm_helpers.pretrained import sha256_file
 
     if args.checkpoint:
-        model, sde = sgm.load_score_checkpoint(args.checkpoint, sigma=args.sigma, which=args.weights, device=device)
+        model, sde = sgm.load_score_checkpoint(args.checkpoint, sde=sgm.VESDE(args.sigma), which=args.weights, device=device)
         source = f"{args.checkpoint} ({args.weights} weights, sha256 {sha256_file(args.checkpoint)[:12]})"
     else:
         model, sde = sgm.load_pretrained(args.model, device=device), sgm.pretrained_sde(args.model)

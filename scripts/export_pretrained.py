@@ -5,8 +5,8 @@
 Writes the plain ``ScoreNet`` state dict (the EMA weights, with the ``module.`` prefix of
 ``AveragedModel`` removed, or the raw weights) to ``sgm_helpers/weights/<name>.pt`` and records
 in ``sgm_helpers/weights/manifest.json`` its sha256, the SDE, the architecture and the training
-configuration read from the checkpoint. Checkpoints do not record the SDE: pass the ``--sigma``
-the model was trained with.
+configuration read from the checkpoint. The SDE is the one the checkpoint records (checkpoints
+written before SDE configs were recorded are taken as ``VESDE(--sigma)``).
 """
 
 import argparse
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from sgm_helpers.pretrained import (WEIGHTS_DIR, checkpoint_state_dict, scorenet_architecture, sha256_file,
-                                    write_manifest_entry)
+from sgm_helpers.pretrained import (WEIGHTS_DIR, checkpoint_sde, checkpoint_state_dict, scorenet_architecture,
+                                    sha256_file, write_manifest_entry)
+from sgm_helpers.sde import VESDE
 from sgm_helpers.training import CHECKPOINT_FORMAT
 
 TRAIN_COMMAND = "SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py --out runs/mnist-ve25.pt"
@@ -28,7 +29,8 @@ def main():
     p.add_argument("--checkpoint", default="runs/mnist-ve25.pt", help="a package training checkpoint")
     p.add_argument("--which", choices=["ema", "raw"], required=True, help="EMA or raw weights")
     p.add_argument("--name", default="mnist-ve25", help="registry name; the file is weights/<name>.pt")
-    p.add_argument("--sigma", type=float, default=25.0, help="the VE SDE's sigma the model was trained with")
+    p.add_argument("--sigma", type=float, default=25.0,
+                   help="for an old checkpoint that records no SDE: the VE SDE's sigma it was trained with")
     p.add_argument("--train-images", type=int, default=5000,
                    help="size of the training set (MNIST training split; 5,000 offline)")
     p.add_argument("--train-command", default=TRAIN_COMMAND, help="the command that trained the checkpoint")
@@ -56,7 +58,7 @@ def main():
         "file": out.name,
         "sha256": sha256_file(out),
         "bytes": out.stat().st_size,
-        "sde": {"type": "VESDE", "sigma": args.sigma},
+        "sde": (checkpoint_sde(ckpt) or VESDE(args.sigma)).config(),
         "architecture": {"class": "ScoreNet", **scorenet_architecture(state)},
         "weights": args.which,
         "training": {

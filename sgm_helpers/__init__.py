@@ -1,8 +1,9 @@
 """sgm_helpers: the implementations behind the sgm-notebooks teaching series.
 
 Score-based generative modeling through SDEs (Song et al., ICLR 2021), one module per concept:
-``sde`` (the VE SDE), ``models`` (the U-Net), ``losses`` (denoising score matching), ``data``
-(MNIST), ``training``, ``samplers``, ``likelihood``, ``plotting``, ``utils``.
+``sde`` (VE, VP and sub-VP), ``models`` (the U-Net), ``losses`` (denoising and sliced score
+matching), ``data`` (MNIST), ``training``, ``samplers``, ``likelihood``, ``toy`` (exact scores),
+``langevin``, ``classifier`` and ``metrics`` (sample quality), ``pretrained``, ``plotting``, ``utils``.
 """
 
 __version__ = "0.1.0"
@@ -12,22 +13,25 @@ from .data import load_mnist
 from .langevin import annealed_langevin_dynamics, langevin_dynamics
 from .likelihood import (BPDResult, bits_per_dim, dequantize, evaluate_bpd, exact_divergence,
                          hutchinson_divergence, ode_likelihood)
-from .losses import dsm_loss
+from .losses import dsm_loss, ssm_loss
 from .metrics import SampleQuality, classifier_features, frechet_distance, sample_quality
-from .models import Dense, GaussianFourierProjection, ScoreNet, load_tutorial_checkpoint
+from .models import Dense, GaussianFourierProjection, ScoreNet, ToyScoreMLP, load_tutorial_checkpoint
 from .plotting import (animate_trajectories, image_grid, plot_density_and_score, plot_trajectories,
                        show_images)
 from .pretrained import available_models, load_pretrained, load_score_checkpoint, model_info, pretrained_sde
-from .samplers import edm_sigma_steps, euler_maruyama_sampler, heun_sampler, ode_sampler, pc_sampler
-from .sde import VESDE
+from .samplers import (SAMPLERS, CountingModel, ancestral_sampler, edm_sigma_steps, euler_maruyama_sampler,
+                       get_sampler, heun_sampler, ode_sampler, pc_sampler, reverse_sde_sampler, sample)
+from .sde import SDE, VESDE, VPSDE, forward_sde_paths, make_sde, subVPSDE
 from .toy import GaussianMixture, ring, single_gaussian, three_modes, two_modes
 from .training import load_checkpoint, make_ema, save_checkpoint, train
 from .utils import get_device, seed_everything
 
 __all__ = [
-    "VESDE", "ScoreNet", "GaussianFourierProjection", "Dense", "load_tutorial_checkpoint",
-    "dsm_loss", "load_mnist", "train", "make_ema", "save_checkpoint", "load_checkpoint",
-    "euler_maruyama_sampler", "pc_sampler", "ode_sampler", "heun_sampler", "edm_sigma_steps",
+    "SDE", "VESDE", "VPSDE", "subVPSDE", "make_sde", "forward_sde_paths",
+    "ScoreNet", "GaussianFourierProjection", "Dense", "ToyScoreMLP", "load_tutorial_checkpoint",
+    "dsm_loss", "ssm_loss", "load_mnist", "train", "make_ema", "save_checkpoint", "load_checkpoint",
+    "euler_maruyama_sampler", "pc_sampler", "ancestral_sampler", "reverse_sde_sampler", "ode_sampler",
+    "heun_sampler", "edm_sigma_steps", "SAMPLERS", "get_sampler", "sample", "CountingModel",
     "hutchinson_divergence", "exact_divergence", "ode_likelihood", "bits_per_dim", "dequantize", "evaluate_bpd",
     "BPDResult", "show_images", "image_grid", "get_device", "seed_everything",
     "GaussianMixture", "two_modes", "three_modes", "ring", "single_gaussian",

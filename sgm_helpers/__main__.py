@@ -6,7 +6,9 @@
     python -m sgm_helpers evaluate
 
 ``sample``, ``bpd`` and ``evaluate`` use the score model shipped with the package
-("mnist-ve25", a VE SDE with sigma = 25) unless ``--checkpoint`` names another.
+("mnist-ve25", a VE SDE with sigma = 25) unless ``--checkpoint`` names another. Samplers come from
+one registry (``sgm_helpers.samplers.SAMPLERS``: em, pc, ancestral, ode, heun); SDEs are chosen with
+``--sde ve|vp|subvp``.
 Bad arguments give a one-line ``error: ...`` on stderr and exit status 2.
 """
 
@@ -21,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_STEPS = 500
-SAMPLERS = {"em": "Euler-Maruyama", "pc": "predictor-corrector", "ode": "probability-flow ODE (RK45)"}
+from .samplers import SAMPLERS
+from .sde import SDE_NAMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +60,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_sde_arguments(parser, *, for_checkpoint: bool) -> None:
+    """--sde and its parameters; for a model to load they default to None (read from the checkpoint or manifest)."""
+    when = "with --checkpoint of the tutorial (which records no SDE), or to check the model's SDE: " if for_checkpoint else ""
+    parser.add_argument("--sde", choices=sorted(SDE_NAMES), default=None if for_checkpoint else "ve",
+                        help=f"{when}the SDE (default: {'the one the model records' if for_checkpoint else 've'})")
+    parser.add_argument("--sigma", type=_positive_float, default=None, help="VE: sigma (default: 25; implies --sde ve)")
+    parser.add_argument("--beta-min", type=_positive_float, default=None, help="VP and sub-VP: beta_min (default: 0.1)")
+    parser.add_argument("--beta-max", type=_positive_float, default=None, help="VP and sub-VP: beta_max (default: 20)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .training import PRECISIONS
 
@@ -71,15 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "shipped model")
     model.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
                        help="with --checkpoint: the EMA or the raw weights (auto: EMA if present)")
-    model.add_argument("--sigma", type=_positive_float, default=25.0,
-                       help="with --checkpoint: the VE SDE's sigma the model was trained with (default: 25)")
     model.add_argument("--model", default="mnist-ve25", help="name of a shipped model (default: mnist-ve25)")
+    _add_sde_arguments(model, for_checkpoint=True)
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--data-dir", type=Path, help="MNIST root (default: $SGM_DATA_DIR or ~/.cache/sgm_helpers)")
     data.add_argument("--no-download", action="store_true", help="fail instead of downloading MNIST")
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument("--steps", type=_positive_int,
-                          help="time steps of the em and pc samplers (default: 500; the ode sampler is adaptive)")
+                          help="steps of the sampler (default: em and pc 500, ancestral 1000, heun 18; the ode "
+                               "sampler is adaptive)")
     sampling.add_argument("--snr", type=_positive_float, default=0.16, help="pc corrector's signal-to-noise ratio")
     sampling.add_argument("--eps", type=float, default=1e-3, help="final time of sampling (default: 1e-3)")
 
@@ -90,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", parents=[common, model, sampling], help="draw digits and save them as a PNG grid",
                        description="Draw samples with a sampler and save them as one PNG grid (pixels clipped to "
                                    "[0, 1] for display).")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="pc", help="em, pc or ode (default: pc)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="pc",
+                   help=", ".join(f"{k}: {v.label}" for k, v in SAMPLERS.items()) + " (default: pc)")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="output PNG (default: samples.png)")
     p.add_argument("--nrow", type=_positive_int, help="images per row (default: a square)")
@@ -105,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--lr", type=_positive_float, default=2e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--sigma", type=_positive_float, default=25.0, help="the VE SDE's sigma (default: 25)")
+    _add_sde_arguments(p, for_checkpoint=False)
+    p.add_argument("--likelihood-weighting", action="store_true",
+                   help="weight the loss by g(t)^2 (a bound on the negative log-likelihood) instead of std(t)^2")
+    p.add_argument("--importance-sampling", action="store_true",
+                   help="with --likelihood-weighting: draw t with density g^2 / std^2 (same loss, lower variance)")
+    p.add_argument("--dequantize", action="store_true", help="train on uniformly dequantized images")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="bfloat16: forward pass under autocast, float32 weights; faster on CPUs with bfloat16 "
                         "instructions and on recent GPUs (default: float32)")
@@ -157,18 +175,41 @@ def _device(args) -> torch.device:
     return device
 
 
-def _score_model(args, device):
-    """``(score_model, sde, description)`` from --checkpoint, or the shipped --model."""
-    from .pretrained import (checkpoint_state_dict, load_pretrained, model_info, pretrained_sde, read_checkpoint,
-                             resolve_checkpoint_weights, scorenet_from_state_dict)
-    from .sde import VESDE
+def _sde_from_args(args):
+    """The SDE that --sde and its parameters describe, or None when --sde was not given."""
+    from .sde import make_sde
 
+    if args.sde is None:
+        if args.beta_min is not None or args.beta_max is not None:
+            raise ValueError("--beta-min and --beta-max need --sde vp or --sde subvp")
+        if args.sigma is None:
+            return None
+    if args.sde in (None, "ve"):  # --sigma alone means the VE SDE, as it did before --sde existed
+        if args.beta_min is not None or args.beta_max is not None:
+            raise ValueError("--beta-min and --beta-max are for --sde vp or subvp, not ve")
+        return make_sde("ve", sigma=25.0 if args.sigma is None else args.sigma)
+    if args.sigma is not None:
+        raise ValueError(f"--sigma is for --sde ve, not {args.sde}")
+    return make_sde(args.sde, beta_min=0.1 if args.beta_min is None else args.beta_min,
+                    beta_max=20.0 if args.beta_max is None else args.beta_max)
+
+
+def _score_model(args, device):
+    """``(score_model, sde, description)`` from --checkpoint, or the shipped --model; --sde must match the model."""
+    from .pretrained import (checkpoint_state_dict, load_pretrained, model_info, pretrained_sde, read_checkpoint,
+                             resolve_checkpoint_weights, resolve_sde, scorenet_from_state_dict)
+
+    wanted = _sde_from_args(args)
     if args.checkpoint is not None:
-        ckpt, sde = read_checkpoint(args.checkpoint), VESDE(args.sigma)
+        ckpt = read_checkpoint(args.checkpoint)
+        sde = resolve_sde(ckpt, wanted, f"--checkpoint {args.checkpoint}")
         which = resolve_checkpoint_weights(ckpt, args.weights)
         model = scorenet_from_state_dict(checkpoint_state_dict(ckpt, which), sde).to(device)
         return model, sde, f"{args.checkpoint} ({which} weights, {sde})"
-    model, sde = load_pretrained(args.model, device=device), pretrained_sde(args.model)
+    sde = pretrained_sde(args.model)
+    if wanted is not None and wanted != sde:
+        raise ValueError(f"--model {args.model} was trained with {sde}, not --sde {args.sde} ({wanted})")
+    model = load_pretrained(args.model, device=device)
     info = model_info(args.model)
     return model, sde, f"the shipped model {args.model!r} ({info.get('weights', '')} weights, {sde})"
 
@@ -179,35 +220,21 @@ def _load_split(args, train: bool):
     return load_mnist(train=train, root=args.data_dir, download=not args.no_download)
 
 
-def draw_samples(sampler: str, score_model, sde, n: int, *, steps: int, snr: float, eps: float, batch_size: int,
-                 generator: torch.Generator, device, progress: bool) -> tuple[torch.Tensor, list[int], float]:
-    """``n`` samples ``[n, 1, 28, 28]`` on the CPU in batches, the score evaluations of each batch (counted
-    by wrapping the model), and the wall time in seconds."""
+def draw_samples(sampler: str, score_model, sde, n: int, *, steps: int | None, snr: float, eps: float,
+                 batch_size: int, generator: torch.Generator, device, progress: bool) -> tuple[torch.Tensor, list[int], float]:
+    """``n`` samples ``[n, 1, 28, 28]`` on the CPU in batches, with the sampler registered as ``sampler``;
+    also the score evaluations of each batch and the wall time in seconds."""
     from tqdm.auto import tqdm
 
-    from .samplers import euler_maruyama_sampler, ode_sampler, pc_sampler
+    from .samplers import sample
 
-    calls = 0
-
-    def counted_score(x, t):
-        nonlocal calls
-        calls += 1
-        return score_model(x, t)
-
+    options = {"snr": snr} if sampler == "pc" else {}
     out, nfe = [], []
     t0 = time.perf_counter()
     sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
     for b in tqdm(sizes, desc=f"{sampler} batches", disable=not progress or len(sizes) == 1):
-        calls, shape = 0, (b, 1, 28, 28)
-        kw = dict(eps=eps, device=device, generator=generator, progress=progress)
-        if sampler == "em":
-            x = euler_maruyama_sampler(counted_score, sde, shape, num_steps=steps, **kw)
-        elif sampler == "pc":
-            x = pc_sampler(counted_score, sde, shape, num_steps=steps, snr=snr, **kw)
-        elif sampler == "ode":
-            x, _ = ode_sampler(counted_score, sde, shape, **kw)
-        else:
-            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+        x, calls = sample(sampler, score_model, sde, (b, 1, 28, 28), num_steps=steps, eps=eps, device=device,
+                          generator=generator, progress=progress, **options)
         out.append(x.cpu())
         nfe.append(calls)
     if device.type == "cuda":
@@ -239,27 +266,28 @@ def cmd_sample(args) -> int:
         raise ValueError(f"--out must be a .png file, got {args.out}")
     device = _device(args)
     model, sde, source = _score_model(args, device)
-    if args.sampler == "ode" and args.steps is not None:
+    steps = args.steps
+    if SAMPLERS[args.sampler].default_steps is None and steps is not None:
         print("note: the ode sampler is adaptive (RK45, rtol = atol = 1e-5); --steps is not used", file=sys.stderr)
+        steps = None
     gen = torch.Generator().manual_seed(args.seed)
-    x, nfe, wall = draw_samples(args.sampler, model, sde, args.n, steps=args.steps or DEFAULT_STEPS, snr=args.snr,
+    x, nfe, wall = draw_samples(args.sampler, model, sde, args.n, steps=steps, snr=args.snr,
                                 eps=args.eps, batch_size=args.n, generator=gen, device=device,
                                 progress=not args.no_progress)
     path = _save_grid(x, args.out, args.nrow)
-    print(f"wrote {path}: {args.n} samples from {source}, {SAMPLERS[args.sampler]} sampler, "
+    print(f"wrote {path}: {args.n} samples from {source}, {SAMPLERS[args.sampler].label} sampler, "
           f"{sum(nfe)} score evaluations, {wall:.1f} s on {device} (pixels clipped to [0, 1] for display)")
     return 0
 
 
 def cmd_train(args) -> int:
     from .models import ScoreNet
-    from .sde import VESDE
     from .training import load_checkpoint, make_ema, train
     from .utils import seed_everything
 
     device = _device(args)
     seed_everything(args.seed)  # also fixes the random Fourier features of the time embedding
-    sde = VESDE(args.sigma)
+    sde = _sde_from_args(args)
     model = ScoreNet(sde.marginal_prob_std)
     ema = make_ema(model, args.ema_decay)
     images, _ = _load_split(args, train=True)
@@ -273,14 +301,15 @@ def cmd_train(args) -> int:
         print(f"resuming from {args.out} (step {done} of {total})")
     print(f"training on {len(images)} MNIST training images for {args.epochs} epochs on {device}; "
           f"checkpoint: {args.out}")
-    losses = train(model, images, sde.marginal_prob_std, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    losses = train(model, images, sde, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    device=device, checkpoint_path=args.out, ema_model=ema, seed=args.seed, resume=True,
-                   progress=not args.no_progress, precision=args.precision)
+                   progress=not args.no_progress, precision=args.precision,
+                   likelihood_weighting=args.likelihood_weighting, importance_sampling=args.importance_sampling,
+                   dequantize=args.dequantize)
     tail = losses[-100:]
     print(f"saved {args.out}: {len(losses)} steps, mean loss of the last {len(tail)} steps "
           f"{sum(tail) / max(len(tail), 1):.2f}")
-    sigma = "" if args.sigma == 25.0 else f" --sigma {args.sigma:g}"
-    print(f"draw samples with: python -m sgm_helpers sample --checkpoint {args.out}{sigma}")
+    print(f"draw samples with: python -m sgm_helpers sample --checkpoint {args.out}  (the checkpoint records {sde})")
     return 0
 
 
@@ -369,14 +398,16 @@ def cmd_evaluate(args) -> int:
     results["samplers"] = {}
     for name in args.samplers:
         gen = torch.Generator().manual_seed(args.seed)
-        x, nfe, wall = draw_samples(name, model, sde, args.n_samples, steps=args.steps or DEFAULT_STEPS,
+        steps = None if SAMPLERS[name].default_steps is None else args.steps
+        x, nfe, wall = draw_samples(name, model, sde, args.n_samples, steps=steps,
                                     snr=args.snr, eps=args.eps, batch_size=args.batch_size, generator=gen,
                                     device=device, progress=progress)
         grid = _save_grid(x[:64], args.out_dir / f"samples_{name}.png")
         clipped = sample_quality(x, classifier, reference, clip=True)
         raw_fd = frechet_distance(classifier_features(classifier, x), reference)
         results["samplers"][name] = {
-            "sampler": SAMPLERS[name], "steps": None if name == "ode" else args.steps or DEFAULT_STEPS,
+            "sampler": SAMPLERS[name].label,
+            "steps": None if SAMPLERS[name].default_steps is None else steps or SAMPLERS[name].default_steps,
             "snr": args.snr if name == "pc" else None, "eps": args.eps, "batch_size": args.batch_size,
             "score_evaluations_per_batch": nfe, "wall_s": wall, "wall_s_per_sample": wall / len(x),
             **clipped.to_dict(), "frechet_distance_unclipped": raw_fd, "grid": str(grid)}

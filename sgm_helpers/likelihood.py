@@ -1,10 +1,14 @@
 """Exact likelihoods through the probability-flow ODE.
 
-For an ODE dx/dt = f(x, t) the log-density along a solution obeys the instantaneous change of
-variables d log p_t(x(t)) / dt = -div_x f(x(t), t). With the VE SDE's probability-flow drift
-f(x, t) = -1/2 g(t)^2 s_theta(x, t), integrating from t = eps (the data) to t = 1 (the prior) gives
+For an ODE dx/dt = v(x, t) the log-density along a solution obeys the instantaneous change of
+variables d log p_t(x(t)) / dt = -div_x v(x(t), t). With the probability-flow velocity
+v(x, t) = f(t) x - 1/2 g(t)^2 s_theta(x, t), integrating from t = eps (the data) to t = 1 (the prior) gives
 
-    log p_eps(x(eps)) = log p_1(x(1)) + int_eps^1 div_x f(x(t), t) dt.
+    log p_eps(x(eps)) = log p_1(x(1)) + int_eps^1 div_x v(x(t), t) dt,
+    div_x v = f(t) D - 1/2 g(t)^2 div_x s_theta(x, t).
+
+The drift's part f(t) D is exact (VP and sub-VP: -1/2 beta(t) D; VE: 0); only the score's divergence
+is estimated.
 
 The divergence (the trace of a D x D Jacobian) is estimated with the Skilling-Hutchinson trick:
 div f = E_v[v^T (df/dx) v] for any noise v with E[v v^T] = I, and v^T (df/dx) is one
@@ -85,10 +89,11 @@ def ode_likelihood(x: torch.Tensor, score_model, sde, *, eps: float = 1e-5, rtol
                    device=None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """log p_eps(x) under the model, by solving the probability-flow ODE from t = eps to t = 1.
 
-    Along the ODE dx/dt = f = -1/2 g(t)^2 s_theta(x, t) the log-density changes by
-    d delta/dt = div f, delta(eps) = 0; then log p_eps(x) = log p_1(x(1)) + delta(1).
-    Each solver step evaluates the score and the Hutchinson divergence from a single forward pass
-    plus one vector-Jacobian product. The probe noise v is drawn once and kept fixed for the
+    Along the ODE dx/dt = v = f(t) x - 1/2 g(t)^2 s_theta(x, t) the log-density changes by
+    d delta/dt = div v = f(t) D - 1/2 g(t)^2 div s_theta, delta(eps) = 0; then
+    log p_eps(x) = log p_1(x(1)) + delta(1), with p_1 the SDE's prior. Each solver step evaluates the
+    score and the Hutchinson estimate of its divergence from a single forward pass plus one
+    vector-Jacobian product; the drift's divergence f(t) D is added exactly. The probe noise v is drawn once and kept fixed for the
     whole solve, so the integrand is a smooth function of t the adaptive solver can integrate.
 
     The solver's state is (u, delta), where u(t) = x(t) - x(eps) is how far each coordinate has
@@ -102,7 +107,7 @@ def ode_likelihood(x: torch.Tensor, score_model, sde, *, eps: float = 1e-5, rtol
     Args:
         x: data ``[B, ...]`` (for images: dequantized, in [0, 1]).
         score_model: ``(x, t) -> score``; the exact score of a toy distribution works too.
-        sde: supplies g(t) and the prior log-density.
+        sde: the SDE: its drift, g(t) and the prior log-density.
         eps: the time the data is placed at, in (0, 1).
         rtol, atol: ``solve_ivp`` tolerances (on u and delta).
         hutchinson: ``"gaussian"`` or ``"rademacher"`` probes, or ``"exact"`` for the exact trace
@@ -133,24 +138,21 @@ def ode_likelihood(x: torch.Tensor, score_model, sde, *, eps: float = 1e-5, rtol
         nonlocal nfe
         nfe += 1
         xt = x + torch.from_numpy(y[:-batch]).view(shape).to(device, torch.float32)
-        half_g2 = 0.5 * float(sde.diffusion_coeff(t)) ** 2
         t_batch = torch.full((batch,), t, device=device)
-
-        def drift(x_, t_):
-            return -half_g2 * score_model(x_, t_)
-
         if noise is None:
-            f, div = exact_divergence(drift, xt, t_batch)
+            score, div_score = exact_divergence(score_model, xt, t_batch)
         else:
-            f, div = hutchinson_divergence(drift, xt, t_batch, noise)
-        out = torch.cat([f.reshape(-1), div.reshape(-1).to(f.dtype)]).cpu().numpy().astype(np.float64)
+            score, div_score = hutchinson_divergence(score_model, xt, t_batch, noise)
+        velocity = sde.reverse_drift(xt, t_batch, score, probability_flow=True)
+        div = sde.drift_divergence(xt, t_batch) - 0.5 * sde.diffusion_coeff(t_batch) ** 2 * div_score.to(xt.dtype)
+        out = torch.cat([velocity.reshape(-1), div.reshape(-1)]).cpu().numpy().astype(np.float64)
         if not np.isfinite(out).all():  # scipy would keep shrinking its step on NaN instead of stopping
             raise FloatingPointError(f"ode_likelihood: the score model or its divergence returned NaN or inf "
                                      f"at t = {t:.4g} (evaluation {nfe})")
         return out
 
     y0 = np.zeros(x.numel() + batch)
-    res = solve_ivp(rhs, (eps, 1.0), y0, rtol=rtol, atol=atol, method=method, t_eval=[1.0])
+    res = solve_ivp(rhs, (eps, sde.T), y0, rtol=rtol, atol=atol, method=method, t_eval=[1.0])
     if not res.success:
         raise RuntimeError(f"ode_likelihood: the ODE solver failed: {res.message}")
     y1 = torch.from_numpy(res.y[:, -1])
@@ -199,7 +201,10 @@ class BPDResult:
 
 
 def dequantize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform dequantization of 8-bit images stored as k / 255 in [0, 1]: y = (255 x + u) / 256, u ~ U[0, 1)."""
+    """Uniform dequantization of 8-bit images stored as k / 255 in [0, 1]: y = (255 x + u) / 256, u ~ U[0, 1).
+
+    ``generator`` may live on the CPU or on the images' device.
+    """
     return (images * 255.0 + rand(images.shape, generator, images.device)) / 256.0
 
 

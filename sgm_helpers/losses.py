@@ -1,36 +1,104 @@
-"""Denoising score matching, the training objective."""
+"""Training objectives: denoising score matching (with likelihood weighting) and sliced score matching."""
 
 from __future__ import annotations
 
 import torch
 
-from .utils import check_eps
+from .sde import SDE
+from .utils import check_eps, randn
 
 
-def dsm_loss(model, x: torch.Tensor, marginal_prob_std, eps: float = 1e-5,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """The weighted denoising score matching loss, with lambda(t) = std(t)^2.
+def dsm_loss(model, x: torch.Tensor, sde, eps: float = 1e-5, generator: torch.Generator | None = None, *,
+             likelihood_weighting: bool = False, importance_sampling: bool = False) -> torch.Tensor:
+    """The weighted denoising score matching loss, averaged over the batch.
 
-        L = E_{t ~ U(eps, 1)} E_{z ~ N(0, I)} || std(t) s_theta(x + std(t) z, t) + z ||^2
+    With x(t) = alpha(t) x + std(t) z drawn from the perturbation kernel, whose score is
+    grad log p_0t(x(t) | x) = -z / std(t), and a weight lambda(t):
 
-    This is lambda(t) || s_theta(x(t), t) - grad log p_0t(x(t) | x(0)) ||^2 with
-    grad log p_0t = -z / std(t): the weighting makes every t contribute on the same scale.
-    Summed over the non-batch dims, averaged over the batch.
+        L = E_t E_z lambda(t) || s_theta(x(t), t) + z / std(t) ||^2
+          = E_t E_z lambda(t) / std(t)^2 || std(t) s_theta(x(t), t) + z ||^2
+
+    - default, lambda(t) = std(t)^2 (the tutorial): every t contributes on the same scale,
+      L = E_{t ~ U(eps, 1)} || std s_theta + z ||^2;
+    - ``likelihood_weighting``, lambda(t) = g(t)^2 (Song, Durkan, Murray and Ermon 2021): then the loss is,
+      up to a constant, an upper bound on the negative log-likelihood of the SDE model;
+    - with ``importance_sampling`` too, t is drawn with density g^2 / (Z std^2) instead of uniformly
+      (:meth:`SDE.sample_importance_time`), which leaves the weight a constant: the same expectation,
+      L = Z / (1 - eps) E || std s_theta + z ||^2, with far lower variance.
 
     Args:
         model: score model ``(x [B, ...], t [B]) -> [B, ...]``.
         x: a batch of data ``[B, ...]``.
-        marginal_prob_std: t -> std(t).
+        sde: an :class:`~sgm_helpers.sde.SDE`, or the tutorial's ``marginal_prob_std`` function t -> std(t)
+            (then the mean is x itself, as for VE, and only the default weighting is possible).
         eps: smallest time sampled, in (0, 1); std(t) -> 0 at t = 0, where the loss is ill-conditioned.
         generator: optional ``torch.Generator`` on ``x``'s device for t and z.
+        likelihood_weighting, importance_sampling: see above.
     Returns:
-        a scalar tensor.
+        a scalar tensor: the per-example loss summed over the data dims, averaged over the batch.
     """
+    eps = _check_loss_args(x, sde, eps, likelihood_weighting, importance_sampling)
+    u = torch.rand(x.shape[0], device=x.device, generator=generator)
+    z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    if importance_sampling:
+        t = sde.sample_importance_time(u, eps)
+        weight = sde.importance_normalizer(eps) / (1.0 - eps)
+    else:
+        t = u * (1.0 - eps) + eps
+        weight = sde.diffusion_coeff(t) ** 2 / sde.marginal_prob_std(t) ** 2 if likelihood_weighting else 1.0
+    if isinstance(sde, SDE):
+        mean, std = sde.marginal_prob(x, t)
+    else:  # the tutorial's marginal_prob_std: no drift, the mean is x
+        mean, std = x, sde(t)
+    std = std.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    score = model(mean + std * z, t)
+    return (weight * (score * std + z).pow(2).flatten(1).sum(1)).mean()
+
+
+def _check_loss_args(x, sde, eps, likelihood_weighting, importance_sampling) -> float:
     eps = check_eps(eps)
     if x.dim() < 2:
         raise ValueError(f"x must have shape [B, ...] with at least one data dim, got {tuple(x.shape)}")
-    t = torch.rand(x.shape[0], device=x.device, generator=generator) * (1.0 - eps) + eps
-    z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-    std = marginal_prob_std(t).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
-    score = model(x + std * z, t)
-    return (score * std + z).pow(2).flatten(1).sum(1).mean()
+    if not isinstance(sde, SDE) and not callable(sde):
+        raise ValueError(f"sde must be an SDE (VESDE, VPSDE, subVPSDE) or a function t -> std(t), got {sde!r}")
+    if importance_sampling and not likelihood_weighting:
+        raise ValueError("importance_sampling=True needs likelihood_weighting=True: it samples t from the "
+                         "likelihood weighting's density")
+    if likelihood_weighting and not isinstance(sde, SDE):
+        raise ValueError("likelihood_weighting needs an SDE (for g(t)), not only a marginal_prob_std function")
+    return eps
+
+
+def ssm_loss(model, x: torch.Tensor, generator: torch.Generator | None = None,
+             variance_reduction: bool = True) -> torch.Tensor:
+    """Sliced score matching (Song, Garg, Shi and Ermon 2019): score matching without noise or a known density.
+
+    Score matching's objective E ||s(x) - grad log p(x)||^2 equals, up to a constant,
+    E [tr(grad_x s(x)) + 1/2 ||s(x)||^2] (integration by parts). The trace costs D backward passes;
+    projecting onto a random direction v with E[v v^T] = I makes it one:
+
+        L = E_x E_v [ v^T (grad_x s(x)) v + 1/2 (v^T s(x))^2 ]
+
+    and with ``variance_reduction`` (SSM-VR, for Gaussian v) the second term is replaced by its
+    expectation over v, 1/2 ||s(x)||^2. One v per example; the Jacobian-vector term is a double backward,
+    so the parameters' gradient flows through it.
+
+    Args:
+        model: a score model of the data alone, ``x [B, ...] -> [B, ...]`` (no time: the data are not noised).
+        x: a batch ``[B, ...]``.
+        generator: for the projections v ~ N(0, I).
+        variance_reduction: use 1/2 ||s||^2 instead of 1/2 (v^T s)^2.
+    Returns:
+        a scalar tensor, averaged over the batch. It can be negative: only differences are meaningful.
+    """
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape [B, ...] with at least one data dim, got {tuple(x.shape)}")
+    v = randn(x.shape, generator, x.device, x.dtype)
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        s = model(x)
+        (grad_vs,) = torch.autograd.grad((s * v).sum(), x, create_graph=True)  # grad_x (v^T s), one per example
+    vjv = (grad_vs * v).flatten(1).sum(1)
+    second = s.pow(2).flatten(1).sum(1) if variance_reduction else (s * v).flatten(1).sum(1).pow(2)
+    return (vjv + 0.5 * second).mean()
+

@@ -1,4 +1,4 @@
-"""The tutorial's time-conditioned U-Net score model for 28x28 single-channel images.
+"""Score networks: the tutorial's time-conditioned U-Net for 28x28 single-channel images, and a small MLP for 2-D toys.
 
 Parameter names follow the original tutorial exactly, so a ``ckpt.pth`` it saved loads here
 (see :func:`load_tutorial_checkpoint`).
@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .utils import check_positive_int
 
 
 class GaussianFourierProjection(nn.Module):
@@ -125,6 +127,36 @@ class ScoreNet(nn.Module):
         h = self.act(self.tgnorm2(self.tconv2(torch.cat([h, h2], dim=1)) + self.dense7(embed)))
         h = self.tconv1(torch.cat([h, h1], dim=1))
         return h / self.marginal_prob_std(t)[:, None, None, None]
+
+
+class ToyScoreMLP(torch.nn.Module):
+    """A small score network for low-dimensional toys, built like ``ScoreNet``:
+
+        s_theta(x, t) = MLP([x, t]) / marginal_prob_std(t)
+
+    The MLP (``layers`` hidden layers of ``hidden`` units, SiLU) sees the point and the time;
+    dividing by std(t) lets it predict a quantity of unit size, as in ``ScoreNet``. Called as
+    ``model(x [B, dim], t [B])``, so ``train`` and ``dsm_loss`` take it unchanged.
+    """
+
+    def __init__(self, marginal_prob_std, dim: int = 2, hidden: int = 128, layers: int = 3):
+        super().__init__()
+        dim = check_positive_int(dim, "dim")
+        hidden = check_positive_int(hidden, "hidden")
+        layers = check_positive_int(layers, "layers")
+        self.marginal_prob_std = marginal_prob_std
+        sizes = [dim + 1] + [hidden] * layers
+        blocks = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            blocks += [torch.nn.Linear(a, b), torch.nn.SiLU()]
+        self.net = torch.nn.Sequential(*blocks, torch.nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        std = torch.as_tensor(self.marginal_prob_std(t), dtype=x.dtype, device=x.device)
+        return self.net(torch.cat([x, t[:, None]], dim=1)) / std.reshape(-1, 1)
 
 
 def _read_state_dict(path_or_state_dict) -> dict:

@@ -1,13 +1,15 @@
 """Small helpers the notebooks share, so that their cells stay short.
 
-- running: ``quick_mode`` (``SGM_QUICK``), ``Stopwatch``, ``CountingModel`` (score evaluations),
-  ``TrajectoryRecorder`` (a sampler callback), ``train_live`` (training with a live loss curve);
-- teaching: ``forward_sde_paths`` (simulate the forward SDE), ``ToyScoreMLP`` (a score network for
-  2-D toys), ``layer_shapes`` (what flows through a network);
-- showing: ``format_table``, ``plot_losses``, ``label_grid`` (axis labels for image grids),
-  ``interactive_figure`` (sliders that redraw a figure), ``RunPanel`` (controls and a Run button).
+- running: ``quick_mode`` (``SGM_QUICK``), ``Stopwatch``, ``TrajectoryRecorder`` (a sampler callback),
+  ``train_live`` (training with a live loss curve);
+- teaching: ``layer_shapes`` (what flows through a network);
+- showing: ``format_table``, ``interactive_figure`` (sliders that redraw a figure), ``RunPanel``
+  (controls and a Run button).
 
-Nothing here is part of the method itself; that lives in the other modules.
+Nothing here is part of the method itself; that lives in the other modules. For the notebooks'
+convenience this module also re-exports a few helpers that live with their concept:
+``CountingModel`` (samplers), ``forward_sde_paths`` (sde), ``ToyScoreMLP`` (models), ``label_grid``
+and ``plot_losses`` (plotting).
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from pathlib import Path
 
 import torch
 
-from .utils import check_positive, check_positive_int, randn
+from .models import ToyScoreMLP
+from .plotting import label_grid, plot_losses
+from .samplers import CountingModel
+from .sde import forward_sde_paths
+from .utils import check_positive, check_positive_int
+
+__all__ = ["quick_mode", "Stopwatch", "CountingModel", "TrajectoryRecorder", "forward_sde_paths", "ToyScoreMLP",
+           "layer_shapes", "label_grid", "format_table", "plot_losses", "train_live", "RunPanel",
+           "interactive_figure"]
 
 QUICK_ENV = "SGM_QUICK"
 _TRUE = ("1", "true", "yes", "on")
@@ -68,29 +78,6 @@ class Stopwatch:
         self.seconds = self.clock() - self._start
 
 
-class CountingModel(torch.nn.Module):
-    """Wraps a score model ``(x, t) -> score`` and counts its evaluations in ``.calls``.
-
-    One call is one forward pass over a whole batch: the cost unit of every sampler (the number
-    of function evaluations, NFE). The wrapped model may be a network (its parameters, and so its
-    device, show through) or a plain function such as an exact toy score.
-    """
-
-    def __init__(self, score_model):
-        super().__init__()
-        if not callable(score_model):
-            raise ValueError(f"score_model must be callable as score_model(x, t), got {type(score_model).__name__}")
-        self.score_model = score_model
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        self.calls += 1
-        return self.score_model(x, t)
-
-    def reset(self) -> None:
-        self.calls = 0
-
-
 class TrajectoryRecorder:
     """A sampler ``callback(step, t, x_mean)`` that keeps a copy of the batch every ``every`` steps.
 
@@ -115,70 +102,6 @@ class TrajectoryRecorder:
         return torch.stack(self.states)
 
 
-def forward_sde_paths(sde, x0: torch.Tensor, num_steps: int = 1000, *, record_every: int = 1,
-                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Simulate the forward SDE dx = g(t) dw from t = 0 to t = 1 with the Euler-Maruyama method.
-
-    One step from t to t + dt adds independent Gaussian noise, x <- x + g(t) sqrt(dt) z. (There is
-    no drift: the VE SDE only adds noise.)
-
-    Args:
-        sde: supplies ``diffusion_coeff(t)`` = g(t).
-        x0: starting points ``[B, ...]`` (2-D points, images...).
-        num_steps: Euler-Maruyama steps on a uniform grid of [0, 1].
-        record_every: keep the state every this many steps (t = 0 and t = 1 are always kept
-            when it divides ``num_steps``).
-        generator: for reproducible noise.
-    Returns:
-        ``(times [K], paths [K, B, ...])`` with ``times[0] = 0`` and ``paths[0] = x0``.
-    """
-    num_steps = check_positive_int(num_steps, "num_steps")
-    record_every = check_positive_int(record_every, "record_every")
-    if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
-        raise ValueError("x0 must be a tensor of shape [B, ...]")
-    ts = torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)
-    x = x0.clone()
-    times, paths = [0.0], [x.cpu().clone()]
-    for i in range(num_steps):
-        dt = float(ts[i + 1] - ts[i])
-        g = float(sde.diffusion_coeff(float(ts[i])))
-        x = x + g * math.sqrt(dt) * randn(x.shape, generator, x.device, x.dtype)
-        if (i + 1) % record_every == 0:
-            times.append(float(ts[i + 1]))
-            paths.append(x.cpu().clone())
-    return torch.tensor(times), torch.stack(paths)
-
-
-class ToyScoreMLP(torch.nn.Module):
-    """A small score network for low-dimensional toys, built like ``ScoreNet``:
-
-        s_theta(x, t) = MLP([x, t]) / marginal_prob_std(t)
-
-    The MLP (``layers`` hidden layers of ``hidden`` units, SiLU) sees the point and the time;
-    dividing by std(t) lets it predict a quantity of unit size, as in ``ScoreNet``. Called as
-    ``model(x [B, dim], t [B])``, so ``train`` and ``dsm_loss`` take it unchanged.
-    """
-
-    def __init__(self, marginal_prob_std, dim: int = 2, hidden: int = 128, layers: int = 3):
-        super().__init__()
-        dim = check_positive_int(dim, "dim")
-        hidden = check_positive_int(hidden, "hidden")
-        layers = check_positive_int(layers, "layers")
-        self.marginal_prob_std = marginal_prob_std
-        sizes = [dim + 1] + [hidden] * layers
-        blocks = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            blocks += [torch.nn.Linear(a, b), torch.nn.SiLU()]
-        self.net = torch.nn.Sequential(*blocks, torch.nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        std = torch.as_tensor(self.marginal_prob_std(t), dtype=x.dtype, device=x.device)
-        return self.net(torch.cat([x, t[:, None]], dim=1)) / std.reshape(-1, 1)
-
-
 def layer_shapes(model: torch.nn.Module, *inputs) -> list[tuple[str, str, tuple, int]]:
     """Run ``model(*inputs)`` once and report every direct sub-module, in the order it ran.
 
@@ -200,28 +123,6 @@ def layer_shapes(model: torch.nn.Module, *inputs) -> list[tuple[str, str, tuple,
     return rows
 
 
-def label_grid(ax, *, columns=None, rows=None, xlabel: str | None = None, ylabel: str | None = None,
-               tile: int = 28, padding: int = 2):
-    """Put one tick label under every column (and beside every row) of an image grid.
-
-    For grids drawn by :func:`~sgm_helpers.plotting.show_images` (``make_grid`` tiles of
-    ``tile`` pixels separated by ``padding``), which hides the axes: they are switched back on,
-    without spines or tick marks. Returns the axes.
-    """
-    centre = lambda j: padding + j * (tile + padding) + (tile - 1) / 2  # noqa: E731
-    ax.set_axis_on()
-    ax.set_xticks([centre(j) for j in range(len(columns))], [str(c) for c in columns]) if columns else ax.set_xticks([])
-    ax.set_yticks([centre(i) for i in range(len(rows))], [str(r) for r in rows]) if rows else ax.set_yticks([])
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    if xlabel:
-        ax.set_xlabel(xlabel)
-    if ylabel:
-        ax.set_ylabel(ylabel)
-    return ax
-
-
 def format_table(rows, headers) -> str:
     """Rows of values as a fixed-width text table with ``headers``; floats printed with 4 significant digits."""
     headers = [str(h) for h in headers]
@@ -239,30 +140,7 @@ def format_table(rows, headers) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in body])
 
 
-def plot_losses(losses, ax=None, *, window: int = 100, title: str = "Training loss"):
-    """Plot per-step losses (faint) and their running mean over ``window`` steps, on a log scale. Returns the axes."""
-    import matplotlib.pyplot as plt
-
-    window = check_positive_int(window, "window")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
-    losses = torch.as_tensor(list(losses), dtype=torch.float64)
-    steps = torch.arange(1, len(losses) + 1)
-    ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.8, label="per step")
-    if len(losses) >= 2:
-        w = min(window, len(losses))
-        kernel = torch.ones(1, 1, w, dtype=torch.float64) / w
-        smooth = torch.nn.functional.conv1d(losses.view(1, 1, -1), kernel).view(-1)
-        ax.plot(steps[w - 1:], smooth, color="tab:blue", lw=2, label=f"mean of {w} steps")
-    ax.set_yscale("log")  # the first steps' loss is 100 times the final one
-    ax.set_xlabel("training step")
-    ax.set_ylabel("DSM loss (log scale)")
-    ax.set_title(title)
-    ax.legend(loc="upper right")
-    return ax
-
-
-def train_live(model, data, marginal_prob_std, *, steps: int, checkpoint_path, chunk_steps: int = 100,
+def train_live(model, data, sde, *, steps: int, checkpoint_path, chunk_steps: int = 100,
                time_budget: float | None = None, resume: bool = False, plot: bool = True, **train_kwargs) -> list[float]:
     """Train with :func:`sgm_helpers.training.train` in chunks, redrawing a loss curve after each one.
 
@@ -272,7 +150,7 @@ def train_live(model, data, marginal_prob_std, *, steps: int, checkpoint_path, c
     between.
 
     Args:
-        model, data, marginal_prob_std: as for ``train``.
+        model, data, sde: as for ``train``.
         steps: total optimizer steps (the most that will run).
         checkpoint_path: the checkpoint ``train`` writes and resumes from.
         chunk_steps: steps between two redraws.
@@ -312,7 +190,7 @@ def train_live(model, data, marginal_prob_std, *, steps: int, checkpoint_path, c
         done = 0
         while done < steps:
             target = min(done + chunk_steps, steps)
-            losses = train(model, data, marginal_prob_std, steps=target, checkpoint_path=checkpoint_path,
+            losses = train(model, data, sde, steps=target, checkpoint_path=checkpoint_path,
                            resume=True, progress=False, **train_kwargs)
             bar.update(len(losses) - bar.n)
             done = len(losses)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from matplotlib import animation
 
+from .utils import check_positive_int
+
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
     """Tile ``[B, C, H, W]`` images into one ``[C, H', W']`` grid (``torchvision.utils.make_grid``)."""
@@ -196,3 +198,48 @@ def animate_trajectories(traj, *, density=None, extent=None, times=None, max_fra
     anim = animation.FuncAnimation(fig, draw, frames=len(frames), interval=interval, blit=False)
     plt.close(fig)
     return anim
+
+
+def label_grid(ax, *, columns=None, rows=None, xlabel: str | None = None, ylabel: str | None = None,
+               tile: int = 28, padding: int = 2):
+    """Put one tick label under every column (and beside every row) of an image grid.
+
+    For grids drawn by :func:`~sgm_helpers.plotting.show_images` (``make_grid`` tiles of
+    ``tile`` pixels separated by ``padding``), which hides the axes: they are switched back on,
+    without spines or tick marks. Returns the axes.
+    """
+    centre = lambda j: padding + j * (tile + padding) + (tile - 1) / 2  # noqa: E731
+    ax.set_axis_on()
+    ax.set_xticks([centre(j) for j in range(len(columns))], [str(c) for c in columns]) if columns else ax.set_xticks([])
+    ax.set_yticks([centre(i) for i in range(len(rows))], [str(r) for r in rows]) if rows else ax.set_yticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    return ax
+
+
+def plot_losses(losses, ax=None, *, window: int = 100, title: str = "Training loss"):
+    """Plot per-step losses (faint) and their running mean over ``window`` steps, on a log scale. Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    window = check_positive_int(window, "window")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    losses = torch.as_tensor(list(losses), dtype=torch.float64)
+    steps = torch.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.8, label="per step")
+    if len(losses) >= 2:
+        w = min(window, len(losses))
+        kernel = torch.ones(1, 1, w, dtype=torch.float64) / w
+        smooth = torch.nn.functional.conv1d(losses.view(1, 1, -1), kernel).view(-1)
+        ax.plot(steps[w - 1:], smooth, color="tab:blue", lw=2, label=f"mean of {w} steps")
+    ax.set_yscale("log")  # the first steps' loss is 100 times the final one
+    ax.set_xlabel("training step")
+    ax.set_ylabel("DSM loss (log scale)")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    return ax

@@ -3,7 +3,7 @@
 The registry is one JSON file, ``sgm_helpers/weights/manifest.json``, mapping a name to an entry:
 
     {"mnist-ve25": {"kind": "score_model", "file": "mnist-ve25.pt", "sha256": "...",
-                    "sde": {"type": "VESDE", "sigma": 25.0},
+                    "sde": {"name": "VESDE", "sigma": 25.0},
                     "architecture": {"class": "ScoreNet", "channels": [32, 64, 128, 256], "embed_dim": 256},
                     "training": {...}},
      "mnist-classifier": {"kind": "classifier", ...}}
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .models import ScoreNet, load_tutorial_checkpoint
-from .sde import VESDE
+from .sde import SDE, VESDE, sde_of
 from .training import CHECKPOINT_FORMAT
 from .utils import get_device
 
@@ -114,7 +114,7 @@ def scorenet_architecture(state_dict: Mapping) -> dict:
     return {"channels": channels, "embed_dim": embed_dim}
 
 
-def scorenet_from_state_dict(state_dict: Mapping, sde: VESDE) -> ScoreNet:
+def scorenet_from_state_dict(state_dict: Mapping, sde: SDE) -> ScoreNet:
     """A ``ScoreNet`` for ``sde`` of the architecture the state dict has, with its weights loaded, in eval mode."""
     arch = scorenet_architecture(state_dict)
     model = ScoreNet(sde.marginal_prob_std, channels=arch["channels"], embed_dim=arch["embed_dim"])
@@ -122,12 +122,10 @@ def scorenet_from_state_dict(state_dict: Mapping, sde: VESDE) -> ScoreNet:
     return model.eval()
 
 
-def pretrained_sde(name: str = DEFAULT_MODEL) -> VESDE:
-    """The SDE the shipped score model ``name`` was trained for (``VESDE(sigma=25)`` for ``"mnist-ve25"``)."""
-    sde = model_info(name, "score_model")["sde"]
-    if sde.get("type") != "VESDE":
-        raise ValueError(f"{name!r} was trained for an SDE this package does not have: {sde}")
-    return VESDE(float(sde["sigma"]))
+def pretrained_sde(name: str = DEFAULT_MODEL) -> SDE:
+    """The SDE the shipped score model ``name`` was trained for, rebuilt from its manifest entry
+    (``VESDE(sigma=25)`` for ``"mnist-ve25"``)."""
+    return SDE.from_config(model_info(name, "score_model")["sde"])
 
 
 def load_pretrained(name: str = DEFAULT_MODEL, device=None) -> ScoreNet:
@@ -201,15 +199,37 @@ def resolve_checkpoint_weights(ckpt: Mapping, which: str = "auto") -> str:
     return "ema" if ckpt.get("format") == CHECKPOINT_FORMAT and ckpt.get("ema") is not None else "raw"
 
 
-def load_score_checkpoint(path, *, sigma: float = 25.0, which: str = "auto", device=None) -> tuple[ScoreNet, VESDE]:
-    """Load a score model from a package checkpoint or a tutorial ``ckpt.pth``: returns ``(model, VESDE(sigma))``.
+def checkpoint_sde(ckpt: Mapping) -> SDE | None:
+    """The SDE a package checkpoint records in its config (None for a tutorial ``ckpt.pth`` or an old checkpoint)."""
+    config = ckpt.get("config") if ckpt.get("format") == CHECKPOINT_FORMAT else None
+    recorded = (config or {}).get("sde")
+    return SDE.from_config(recorded) if isinstance(recorded, dict) else None
 
-    Checkpoints do not record the SDE, so ``sigma`` must be the one the model was trained with.
+
+def resolve_sde(ckpt: Mapping, sde=None, source: str = "the checkpoint") -> SDE:
+    """The SDE to use with a checkpoint: the one it records, checked against ``sde`` if both are known.
+
+    ``sde`` (an SDE, a config or a short name) is needed for a checkpoint that records none (the
+    tutorial's ``ckpt.pth``: then ``VESDE(25)`` is the default); giving one that differs from what the
+    checkpoint records is an error naming both.
+    """
+    recorded = checkpoint_sde(ckpt)
+    wanted = None if sde is None else SDE.from_config(sde_of(sde) or sde)
+    if recorded is not None and wanted is not None and recorded != wanted:
+        raise ValueError(f"{source} was trained with {recorded}, not {wanted}: a score model only fits its own SDE")
+    return recorded or wanted or VESDE(25.0)
+
+
+def load_score_checkpoint(path, *, sde=None, which: str = "auto", device=None) -> tuple[ScoreNet, SDE]:
+    """Load a score model from a package checkpoint or a tutorial ``ckpt.pth``: returns ``(model, sde)``.
+
+    Package checkpoints record their SDE, which is used (and ``sde``, if given, must match it). A
+    tutorial ``ckpt.pth`` records none: give ``sde`` (default ``VESDE(25)``, the tutorial's).
     ``which`` picks the EMA or raw weights (see :func:`checkpoint_state_dict`). The architecture is
     read off the weights' shapes. Raises ``FileNotFoundError`` for a missing file and ``ValueError``
-    for one that cannot be read or holds no ``ScoreNet``.
+    for one that cannot be read, holds no ``ScoreNet`` or was trained for another SDE.
     """
     ckpt = read_checkpoint(path)
-    sde = VESDE(sigma)
+    sde = resolve_sde(ckpt, sde, str(path))
     model = scorenet_from_state_dict(checkpoint_state_dict(ckpt, which), sde)
     return model.to(get_device() if device is None else torch.device(device)), sde

@@ -1,32 +1,39 @@
 """Sampling by solving the reverse-time SDE, or its probability-flow ODE, from t = 1 down to t = eps.
 
-For the VE SDE dx = g(t) dw (no drift) the reverse-time SDE is
+For the forward SDE dx = f(x, t) dt + g(t) dw the reverse-time SDE is
 
-    dx = -g(t)^2 grad_x log p_t(x) dt + g(t) dw_bar,      t running from 1 to 0,
+    dx = [f(x, t) - g(t)^2 grad_x log p_t(x)] dt + g(t) dw_bar,      t running from 1 to 0,
 
-and the probability-flow ODE, which has the same marginals p_t, is
+and the probability-flow ODE, which has the same marginals p_t when the score is exact, is
 
-    dx/dt = -1/2 g(t)^2 grad_x log p_t(x).
+    dx/dt = f(x, t) - 1/2 g(t)^2 grad_x log p_t(x).
 
-A trained score model s_theta(x, t) stands in for grad_x log p_t(x). Every sampler takes a
-``score_model`` called as ``score_model(x [B, ...], t [B]) -> [B, ...]``, so the exact score of a
-toy distribution works as well as a network.
+Both drifts are :meth:`SDE.reverse_drift <sgm_helpers.sde.SDE.reverse_drift>`. A trained score model
+s_theta(x, t) stands in for grad_x log p_t(x). Every sampler takes a ``score_model`` called as
+``score_model(x [B, ...], t [B]) -> [B, ...]``, so the exact score of a toy distribution works as well
+as a network, and every sampler works for VE, VP and sub-VP.
 
-Time grid: ``num_steps`` steps from t = 1 to t = eps exactly (``num_steps + 1`` grid points). The
-original tutorial used ``num_steps`` grid points and so stopped one step short of eps.
+The reverse-SDE samplers share one loop, :func:`reverse_sde_sampler`: per step an optional Langevin
+corrector, then a predictor (Euler-Maruyama, reverse diffusion or ancestral sampling), each a small
+function below. Time grid: ``num_steps`` steps from t = 1 to t = eps exactly (``num_steps + 1``
+grid points). The original tutorial used ``num_steps`` grid points and so stopped one step short of eps.
 
 :func:`heun_sampler` (Karras et al. 2022, "EDM") solves the same ODE in the noise level
-sigma = std(t) instead of t. Since d std(t)^2 / dt = g(t)^2, the probability-flow ODE becomes
+sigma(t) = std(t) / alpha(t) of the rescaled state x / alpha(t), where every SDE looks like VE:
 
-    dx/dsigma = -sigma grad_x log p(x; sigma),
+    d(x / alpha)/dsigma = -sigma alpha grad_x log p_t(x),
 
 whose trajectories are close to straight lines, so a second-order method with a few well-placed
 steps gets close to the adaptive solver's answer.
+
+:data:`SAMPLERS` names them all; :func:`sample` runs one by name and counts its score evaluations.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,8 +43,34 @@ from tqdm.auto import tqdm
 from .utils import check_eps, check_positive, check_positive_int, check_shape, model_device, randn
 
 
-def _time_grid(num_steps: int, eps: float, device) -> torch.Tensor:
-    return torch.linspace(1.0, eps, num_steps + 1, device=device)
+class CountingModel(torch.nn.Module):
+    """Wraps a score model ``(x, t) -> score`` and counts its evaluations in ``.calls``.
+
+    One call is one forward pass over a whole batch: the cost unit of every sampler (the number
+    of function evaluations, NFE). The wrapped model may be a network (its parameters, and so its
+    device, show through) or a plain function such as an exact toy score.
+    """
+
+    def __init__(self, score_model):
+        super().__init__()
+        if not callable(score_model):
+            raise ValueError(f"score_model must be callable as score_model(x, t), got {type(score_model).__name__}")
+        self.score_model = score_model
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        self.calls += 1
+        return self.score_model(x, t)
+
+    def reset(self) -> None:
+        self.calls = 0
+
+
+# --- shared checks -------------------------------------------------------------------------------
+
+
+def _time_grid(num_steps: int, eps: float, device, T: float = 1.0) -> torch.Tensor:
+    return torch.linspace(T, eps, num_steps + 1, device=device)
 
 
 def _check_step(x: torch.Tensor, step: int, t: float, sampler: str) -> None:
@@ -69,100 +102,198 @@ def _initial_state(sde, shape, z, generator, device) -> torch.Tensor:
     return z.to(device, torch.float32)
 
 
-def _setup(score_model, sde, shape, num_steps, eps, device):
-    shape = check_shape(shape)
-    num_steps = check_positive_int(num_steps, "num_steps")
-    eps = check_eps(eps)
-    device = model_device(score_model, device)
-    return shape, num_steps, eps, device
+def _expand(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return t.expand(x.shape[0])
+
+
+# --- one step of each predictor, and the corrector ------------------------------------------------
+# A predictor moves x from t to t_next < t and returns (x, x_mean): the new state and its noise-free part.
+
+
+def euler_maruyama_step(score_model, sde, x, t, t_next, generator=None):
+    """One Euler-Maruyama step of the reverse-time SDE from t to t_next = t - dt, with z ~ N(0, I):
+
+        x_mean = x - [f(x, t) - g(t)^2 s_theta(x, t)] dt
+        x      = x_mean + g(t) sqrt(dt) z
+    """
+    dt = t - t_next
+    drift = sde.reverse_drift(x, t, score_model(x, _expand(t, x)))
+    x_mean = x - drift * dt
+    return x_mean + torch.sqrt(sde.diffusion_coeff(t) ** 2 * dt) * randn(x.shape, generator, x.device), x_mean
+
+
+def reverse_diffusion_step(score_model, sde, x, t, t_next, generator=None):
+    """The reverse of the forward SDE's exact one-step discretization (the official ``ReverseDiffusionPredictor``).
+
+    Forward, x(t) = a x(t_next) + b z with ``(a, b) = sde.transition_kernel(t_next, t)`` (VE: SMLD's
+    a = 1, b^2 = std(t)^2 - std(t_next)^2; VP: DDPM's a = sqrt(1 - beta_i), b^2 = beta_i). Reversed:
+
+        x_mean = x - (a - 1) x + b^2 s_theta(x, t)
+        x      = x_mean + b z
+    """
+    a, b = sde.transition_kernel(t_next, t)
+    x_mean = x - (a - 1.0) * x + b ** 2 * score_model(x, _expand(t, x))
+    return x_mean + b * randn(x.shape, generator, x.device), x_mean
+
+
+def ancestral_step(score_model, sde, x, t, t_next, generator=None):
+    """Ancestral sampling: draw x(t_next) from q(x(t_next) | x(t), x(0) = Tweedie's estimate).
+
+    With ``(a, b) = sde.transition_kernel(t_next, t)`` and s = std(t_next), the Gaussian posterior of
+    the forward chain has
+
+        x_mean = (x + b^2 s_theta(x, t)) / a,       variance b^2 s^2 / std(t)^2.
+
+    For VP (a = sqrt(1 - beta_i), b^2 = beta_i) this is DDPM's sampling step,
+    x_{i-1} = (x_i - beta_i / sqrt(1 - alpha_bar_i) eps_theta) / sqrt(1 - beta_i) + sigma_i z with
+    eps_theta = -std s_theta and sigma_i^2 = beta_tilde_i; for VE it is SMLD's ancestral step.
+    """
+    a, b = sde.transition_kernel(t_next, t)
+    x_mean = (x + b ** 2 * score_model(x, _expand(t, x))) / a
+    std = b * sde.marginal_prob_std(t_next) / sde.marginal_prob_std(t)
+    return x_mean + std * randn(x.shape, generator, x.device), x_mean
+
+
+def langevin_corrector_step(score_model, sde, x, t, snr, generator=None):
+    """One Langevin MCMC step at fixed t, targeting p_t (the corrector of predictor-corrector sampling).
+
+    The step size is set so that the signal-to-noise ratio ||step s|| / ||sqrt(2 step) z|| is about ``snr``:
+
+        step = 2 (snr sqrt(D) / mean_batch ||s_theta(x, t)||)^2
+        x    = x + step s_theta(x, t) + sqrt(2 step) z
+
+    (The tutorial's rule. The official code also multiplies the VP step by 1 - beta_i, a factor
+    within 2% of 1 at 1,000 steps.)
+    """
+    grad = score_model(x, _expand(t, x))
+    grad_norm = grad.flatten(1).norm(dim=1).mean()
+    step = 2 * (snr * math.sqrt(x[0].numel()) / grad_norm) ** 2
+    return x + step * grad + torch.sqrt(2 * step) * randn(x.shape, generator, x.device)
+
+
+PREDICTORS = {"euler_maruyama": euler_maruyama_step, "reverse_diffusion": reverse_diffusion_step,
+              "ancestral": ancestral_step}
+
+
+# --- the one reverse-time loop ---------------------------------------------------------------------
 
 
 @torch.no_grad()
-def euler_maruyama_sampler(score_model, sde, shape, *, num_steps: int = 500, eps: float = 1e-3, device=None,
-                           generator: torch.Generator | None = None, progress: bool = True,
-                           callback=None) -> torch.Tensor:
-    """Solve the reverse-time SDE with the Euler-Maruyama method.
+def reverse_sde_sampler(score_model, sde, shape=None, *, predictor: str = "euler_maruyama", corrector: bool = False,
+                        num_steps: int = 500, snr: float = 0.16, eps: float = 1e-3, z: torch.Tensor | None = None,
+                        denoise: bool = False, device=None, generator: torch.Generator | None = None,
+                        progress: bool = True, callback=None, step_hook=None, desc: str | None = None) -> torch.Tensor:
+    """Predictor-corrector sampling of the reverse-time SDE: the loop every SDE sampler here runs.
 
-    One step from t to t - dt, with z ~ N(0, I):
+        for t, t_next in the grid 1 = t_0 > t_1 > ... > t_N = eps:
+            x = corrector(x, t)                      (one Langevin step, if ``corrector``)
+            x, x_mean = predictor(x, t, t_next)      (Euler-Maruyama, reverse diffusion or ancestral)
 
-        x_mean = x + g(t)^2 s_theta(x, t) dt
-        x      = x_mean + g(t) sqrt(dt) z
+    The corrector runs before the predictor (the paper's Algorithm 2 runs it after): the first
+    Langevin step then acts on the prior draw at t = 1, and the last predictor step ends at eps, so
+    the noise-free ``x_mean`` of that step is what is returned.
 
     Args:
         score_model: ``(x [B, ...], t [B]) -> score [B, ...]``.
-        sde: the SDE (``VESDE``): supplies the prior and g(t).
-        shape: ``(B, ...)``, the shape of the batch to draw, e.g. ``(64, 1, 28, 28)``.
-        num_steps: number of steps from t = 1 to t = eps (one score evaluation each).
+        sde: the SDE (``VESDE``, ``VPSDE``, ``subVPSDE``): its prior, drift and diffusion.
+        shape: ``(B, ...)`` of the batch to draw, e.g. ``(64, 1, 28, 28)``; may be omitted when ``z`` is given.
+        predictor: ``"euler_maruyama"``, ``"reverse_diffusion"`` or ``"ancestral"`` (see :data:`PREDICTORS`).
+        corrector: run one Langevin corrector step before each predictor step.
+        num_steps: number of steps from t = 1 to t = eps (one score evaluation each, two with the corrector).
+        snr: the corrector's signal-to-noise ratio.
         eps: the final time, in (0, 1); the score is ill-conditioned at t = 0.
+        z: the starting points x(1) ``[B, ...]``; drawn from the prior if None.
+        denoise: finish with Tweedie's formula at eps, E[x(0) | x(eps)] = (x + std(eps)^2 s) / alpha(eps)
+            (one more score evaluation; the official code's optional last denoising step).
         device: defaults to the model's device.
         generator: a ``torch.Generator`` (CPU or ``device``) for reproducible samples.
         progress: show a ``tqdm.auto`` bar.
-        callback: optional ``callback(step, t, x_mean)`` after every step (to record trajectories).
+        callback: optional ``callback(step, t_next, x_mean)`` after every step (to record trajectories).
+        step_hook: optional ``step_hook(step, t, t_next, x, one_step) -> (x, x_mean)`` that replaces the
+            plain ``x, x_mean = one_step(x)``: a place to modify the state around a step or to redo it
+            (inpainting replaces the known pixels there).
+        desc: the progress bar's label.
     Returns:
-        the last step's noise-free mean ``x_mean`` of shape ``shape``: the final noise g sqrt(dt) z
-        is much larger than the pixel quantization and would only blur the samples.
+        the last step's noise-free mean ``x_mean`` (or its denoised version): the final noise
+        g sqrt(dt) z is much larger than the pixel quantization and would only blur the samples.
     """
-    shape, num_steps, eps, device = _setup(score_model, sde, shape, num_steps, eps, device)
-    ts = _time_grid(num_steps, eps, device)
-    x = sde.prior_sampling(shape, generator=generator, device=device)
+    num_steps = check_positive_int(num_steps, "num_steps")
+    eps = check_eps(eps)
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, got {predictor!r}")
+    if corrector:
+        snr = check_positive(snr, "snr")
+    device = model_device(score_model, device)
+    predict = PREDICTORS[predictor]
+    ts = _time_grid(num_steps, eps, device, sde.T)
+    x = _initial_state(sde, shape, z, generator, device)
     x_mean = x
-    for i in tqdm(range(num_steps), disable=not progress, desc="Euler-Maruyama"):
-        t, dt = ts[i], ts[i] - ts[i + 1]
-        g2 = sde.diffusion_coeff(t) ** 2
-        x_mean = x + g2 * score_model(x, t.expand(shape[0])) * dt
-        x = x_mean + torch.sqrt(g2 * dt) * randn(shape, generator, device)
-        _check_step(x, i, float(t), "euler_maruyama_sampler")
+    name = desc or predictor.replace("_", "-")
+    for i in tqdm(range(num_steps), disable=not progress, desc=name):
+        t, t_next = ts[i], ts[i + 1]
+
+        def one_step(x):
+            if corrector:
+                x = langevin_corrector_step(score_model, sde, x, t, snr, generator)
+            return predict(score_model, sde, x, t, t_next, generator)
+
+        x, x_mean = one_step(x) if step_hook is None else step_hook(i, t, t_next, x, one_step)
+        _check_step(x, i, float(t), name)
         if callback is not None:
-            callback(i, float(ts[i + 1]), x_mean)
+            callback(i, float(t_next), x_mean)
+    if denoise:
+        x_mean = sde.tweedie_denoise(x_mean, ts[-1], score_model(x_mean, _expand(ts[-1], x_mean)))
     return x_mean
 
 
-@torch.no_grad()
-def pc_sampler(score_model, sde, shape, *, num_steps: int = 500, snr: float = 0.16, eps: float = 1e-3,
+def euler_maruyama_sampler(score_model, sde, shape=None, *, num_steps: int = 500, eps: float = 1e-3, device=None,
+                           generator: torch.Generator | None = None, progress: bool = True,
+                           callback=None, z: torch.Tensor | None = None, denoise: bool = False) -> torch.Tensor:
+    """Solve the reverse-time SDE with the Euler-Maruyama method (see :func:`euler_maruyama_step`):
+
+        x_mean = x - [f(x, t) - g(t)^2 s_theta(x, t)] dt,     x = x_mean + g(t) sqrt(dt) z
+
+    ``num_steps`` score evaluations. Arguments as :func:`reverse_sde_sampler`; returns the last noise-free mean.
+    """
+    return reverse_sde_sampler(score_model, sde, shape, predictor="euler_maruyama", num_steps=num_steps, eps=eps,
+                               z=z, denoise=denoise, device=device, generator=generator, progress=progress,
+                               callback=callback, desc="Euler-Maruyama")
+
+
+def pc_sampler(score_model, sde, shape=None, *, num_steps: int = 500, snr: float = 0.16, eps: float = 1e-3,
                device=None, generator: torch.Generator | None = None, progress: bool = True,
-               callback=None) -> torch.Tensor:
-    """Predictor-corrector sampling: one Langevin corrector step, then one Euler-Maruyama predictor step.
+               callback=None, z: torch.Tensor | None = None, denoise: bool = False,
+               predictor: str = "euler_maruyama") -> torch.Tensor:
+    """Predictor-corrector sampling: one Langevin corrector step, then one predictor step (Euler-Maruyama).
 
-    Corrector (Langevin MCMC at the current t, targeting p_t), with the step size chosen so
-    that the signal-to-noise ratio ||step * score|| / ||sqrt(2 step) z|| is about ``snr``:
-
-        step = 2 (snr * sqrt(D) / mean_batch ||s_theta(x, t)||)^2
-        x    = x + step s_theta(x, t) + sqrt(2 step) z
-
-    Predictor (Euler-Maruyama from t to t - dt), as in :func:`euler_maruyama_sampler`.
     Two score evaluations per step. (The tutorial's earlier version had the two labels swapped:
-    the Langevin step is the corrector.)
-
-    Arguments as :func:`euler_maruyama_sampler`, plus ``snr > 0``. Returns the last noise-free mean.
+    the Langevin step is the corrector.) Arguments as :func:`reverse_sde_sampler`.
     """
-    shape, num_steps, eps, device = _setup(score_model, sde, shape, num_steps, eps, device)
-    snr = check_positive(snr, "snr")
-    ts = _time_grid(num_steps, eps, device)
-    noise_norm = math.sqrt(math.prod(shape[1:]))
-    x = sde.prior_sampling(shape, generator=generator, device=device)
-    x_mean = x
-    for i in tqdm(range(num_steps), disable=not progress, desc="predictor-corrector"):
-        t, dt = ts[i], ts[i] - ts[i + 1]
-        t_batch = t.expand(shape[0])
-        # Corrector: one Langevin step at time t.
-        grad = score_model(x, t_batch)
-        grad_norm = grad.flatten(1).norm(dim=1).mean()
-        step = 2 * (snr * noise_norm / grad_norm) ** 2
-        x = x + step * grad + torch.sqrt(2 * step) * randn(shape, generator, device)
-        # Predictor: one Euler-Maruyama step from t to t - dt.
-        g2 = sde.diffusion_coeff(t) ** 2
-        x_mean = x + g2 * score_model(x, t_batch) * dt
-        x = x_mean + torch.sqrt(g2 * dt) * randn(shape, generator, device)
-        _check_step(x, i, float(t), "pc_sampler")
-        if callback is not None:
-            callback(i, float(ts[i + 1]), x_mean)
-    return x_mean
+    return reverse_sde_sampler(score_model, sde, shape, predictor=predictor, corrector=True, num_steps=num_steps,
+                               snr=snr, eps=eps, z=z, denoise=denoise, device=device, generator=generator,
+                               progress=progress, callback=callback, desc="predictor-corrector")
+
+
+def ancestral_sampler(score_model, sde, shape=None, *, num_steps: int = 1000, eps: float = 1e-3, device=None,
+                      generator: torch.Generator | None = None, progress: bool = True,
+                      callback=None, z: torch.Tensor | None = None, denoise: bool = False) -> torch.Tensor:
+    """Ancestral sampling (:func:`ancestral_step`), which for the VP SDE is DDPM's sampler.
+
+    ``num_steps`` score evaluations. Arguments as :func:`reverse_sde_sampler`.
+    """
+    return reverse_sde_sampler(score_model, sde, shape, predictor="ancestral", num_steps=num_steps, eps=eps, z=z,
+                               denoise=denoise, device=device, generator=generator, progress=progress,
+                               callback=callback, desc="ancestral")
+
+
+# --- the probability-flow ODE ----------------------------------------------------------------------
 
 
 def ode_sampler(score_model, sde, shape=None, *, eps: float = 1e-3, device=None,
                 generator: torch.Generator | None = None, progress: bool = True, rtol: float = 1e-5,
-                atol: float = 1e-5, z: torch.Tensor | None = None, method: str = "RK45"):
-    """Solve the probability-flow ODE dx/dt = -1/2 g(t)^2 s_theta(x, t) from t = 1 to eps.
+                atol: float = 1e-5, z: torch.Tensor | None = None, method: str = "RK45", callback=None,
+                denoise: bool = False):
+    """Solve the probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 s_theta(x, t) from t = 1 to eps.
 
     The ODE is deterministic: the same latent ``z`` always decodes to the same sample, and
     :func:`~sgm_helpers.likelihood.ode_likelihood` (the same ODE run forward) inverts it.
@@ -171,11 +302,13 @@ def ode_sampler(score_model, sde, shape=None, *, eps: float = 1e-3, device=None,
     There is no step count: the solver picks its steps to meet ``rtol`` and ``atol``.
 
     Args:
-        score_model, sde, eps, device, generator, progress: as :func:`euler_maruyama_sampler`.
+        score_model, sde, eps, device, generator, progress, denoise: as :func:`reverse_sde_sampler`.
         shape: ``(B, ...)``; may be omitted when ``z`` is given.
         rtol, atol: the solver's relative and absolute error tolerances.
         z: latent codes ``[B, ...]`` at t = 1 to decode; drawn from the prior if None.
         method: any ``solve_ivp`` method ("RK45", "RK23", "DOP853", ...).
+        callback: optional ``callback(evaluation, t, x)`` at every evaluation of the drift (the solver's
+            trial points, not a fixed grid).
     Returns:
         ``(samples, nfe)``: samples at t = eps with ``z``'s (or ``shape``'s) shape, and the number of
         score-model evaluations the solver used.
@@ -193,54 +326,57 @@ def ode_sampler(score_model, sde, shape=None, *, eps: float = 1e-3, device=None,
         nonlocal nfe
         nfe += 1
         xt = torch.from_numpy(y).view(shape).to(device, torch.float32)
+        t_batch = torch.full((shape[0],), t, device=device)
         with torch.inference_mode():
-            score = score_model(xt, torch.full((shape[0],), t, device=device))
-        half_g2 = 0.5 * float(sde.diffusion_coeff(t)) ** 2
+            out = sde.reverse_drift(xt, t_batch, score_model(xt, t_batch), probability_flow=True)
+        if callback is not None:
+            callback(nfe, t, xt)
         if progress:
             bar.n = round(1000 * (1.0 - t) / (1.0 - eps))
             bar.set_postfix_str(f"t={t:.4f}, score evaluations={nfe}")
-        out = (-half_g2 * score).reshape(-1).cpu().numpy().astype(np.float64)
+        out = out.reshape(-1).cpu().numpy().astype(np.float64)
         if not np.isfinite(out).all():  # scipy would keep shrinking its step on NaN instead of stopping
             raise FloatingPointError(f"ode_sampler: the score model returned NaN or inf at t = {t:.4g} "
                                      f"(evaluation {nfe})")
         return out
 
     try:
-        res = solve_ivp(drift, (1.0, eps), x.reshape(-1).double().cpu().numpy(), rtol=rtol, atol=atol,
+        res = solve_ivp(drift, (sde.T, eps), x.reshape(-1).double().cpu().numpy(), rtol=rtol, atol=atol,
                         method=method, t_eval=[eps])
     finally:
         bar.close()
     if not res.success:
         raise RuntimeError(f"ode_sampler: the ODE solver failed: {res.message}")
     samples = torch.from_numpy(res.y[:, -1]).to(device, torch.float32).view(shape)
+    if denoise:
+        with torch.inference_mode():
+            t_eps = torch.full((shape[0],), eps, device=device)
+            samples = sde.tweedie_denoise(samples, t_eps, score_model(samples, t_eps))
+        nfe += 1
     if not torch.isfinite(samples).all():
         raise FloatingPointError("ode_sampler: the solution contains NaN or inf")
     return samples, nfe
 
 
-def _time_of_std(sde, std: torch.Tensor) -> torch.Tensor:
-    """The inverse of the VE SDE's std(t): t = log(1 + 2 ln(sigma) std^2) / (2 ln sigma).
-
-    (std(t)^2 = (sigma^(2t) - 1) / (2 ln sigma), solved for t; ``log1p`` keeps small std accurate.)
-    """
-    return torch.log1p(2.0 * sde.log_sigma * std.double() ** 2) / (2.0 * sde.log_sigma)
+# --- EDM's Heun sampler in the noise level ------------------------------------------------------------
 
 
 def edm_sigma_steps(sde, num_steps: int = 18, *, eps: float = 1e-3, rho: float = 7.0, device=None) -> torch.Tensor:
-    """EDM's noise levels (Karras et al. 2022, eq. 5), from std(1) down to std(eps), then 0.
+    """EDM's noise levels (Karras et al. 2022, eq. 5), from sigma(1) down to sigma(eps), then 0.
 
         sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,  i = 0 .. N - 1
         sigma_N = 0
 
-    with N = ``num_steps``, sigma_max = std(1) and sigma_min = std(eps). A large ``rho`` puts the
-    steps close together at small sigma, where the image details form (rho = 1: evenly spaced in
-    sigma; rho -> infinity: evenly spaced in log sigma). Returns a float64 tensor of N + 1 levels.
+    with N = ``num_steps``, sigma_max = sigma(1) and sigma_min = sigma(eps), sigma(t) = std(t) / alpha(t)
+    (:meth:`SDE.sigma_of_t`; for VE simply std(t)). A large ``rho`` puts the steps close together at
+    small sigma, where the image details form (rho = 1: evenly spaced in sigma; rho -> infinity: evenly
+    spaced in log sigma). Returns a float64 tensor of N + 1 levels.
     """
     num_steps = check_positive_int(num_steps, "num_steps")
     eps = check_eps(eps)
     rho = check_positive(rho, "rho")
-    sigma_max = float(sde.marginal_prob_std(torch.tensor(1.0, dtype=torch.float64)))
-    sigma_min = float(sde.marginal_prob_std(torch.tensor(eps, dtype=torch.float64)))
+    sigma_max = float(sde.sigma_of_t(torch.tensor(sde.T, dtype=torch.float64)))
+    sigma_min = float(sde.sigma_of_t(torch.tensor(eps, dtype=torch.float64)))
     frac = torch.linspace(0.0, 1.0, num_steps, dtype=torch.float64, device=device)
     sigmas = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return torch.cat([sigmas, sigmas.new_zeros(1)])
@@ -253,14 +389,18 @@ def heun_sampler(score_model, sde, shape=None, *, num_steps: int = 18, eps: floa
                  progress: bool = True, callback=None) -> torch.Tensor:
     """EDM's sampler (Karras et al. 2022, Algorithms 1 and 2): Heun's method in the noise level sigma.
 
-    The probability-flow ODE in sigma = std(t) is dx/dsigma = d(x, sigma) = -sigma s_theta(x, t(sigma)),
-    where t(sigma) inverts std(t). On the levels sigma_0 > ... > sigma_{N-1} > sigma_N = 0 of
+    In the rescaled state x_hat = x / alpha(t), which is x(0) plus noise of std sigma(t), the
+    probability-flow ODE of every SDE reads
+
+        dx_hat/dsigma = d(x_hat, sigma) = -sigma alpha(t) s_theta(alpha(t) x_hat, t),    t = t(sigma)
+
+    (for VE, alpha = 1 and x_hat = x). On the levels sigma_0 > ... > sigma_{N-1} > sigma_N = 0 of
     :func:`edm_sigma_steps`, one step from sigma_i to sigma_{i+1} is
 
         x'      = x + (sigma_{i+1} - sigma_i) d(x, sigma_i)                            (Euler)
         x_{i+1} = x + (sigma_{i+1} - sigma_i) (d(x, sigma_i) + d(x', sigma_{i+1})) / 2   (Heun's correction)
 
-    The last step, to sigma_N = 0, keeps the Euler step: x_N = x + sigma_{N-1}^2 s_theta(x, eps), the
+    The last step, to sigma_N = 0, keeps the Euler step: x_N = x_hat + sigma_{N-1}^2 alpha s_theta, the
     denoised mean E[x(0) | x(eps)] (Tweedie's formula). So N steps cost 2N - 1 score evaluations
     (18 steps: 35).
 
@@ -271,17 +411,17 @@ def heun_sampler(score_model, sde, shape=None, *, num_steps: int = 18, eps: floa
 
     and the step starts from sigma_hat. This re-injects the noise the reverse SDE would add and so
     corrects errors of an imperfect score model, as Euler-Maruyama does, at the same 2N - 1 cost.
-    sigma_hat is capped at sigma_max = std(1), the largest level the model was trained on.
+    sigma_hat is capped at sigma_max = sigma(1), the largest level the model was trained on.
 
     Args:
-        score_model, sde, eps, device, generator, progress: as :func:`euler_maruyama_sampler`.
+        score_model, sde, eps, device, generator, progress: as :func:`reverse_sde_sampler`.
         shape: ``(B, ...)``; may be omitted when ``z`` is given.
         num_steps: N, the number of noise levels (>= 1).
         rho: the schedule's exponent (EDM: 7).
         s_churn, s_tmin, s_tmax, s_noise: EDM's stochasticity settings (noise levels in sigma units);
             the default ``s_churn = 0`` is the deterministic sampler.
-        z: latent codes ``[B, ...]`` at t = 1 (distributed as N(0, std(1)^2 I)); drawn if None.
-        callback: optional ``callback(step, sigma_next, x)`` after every step.
+        z: latent codes x(1) ``[B, ...]`` (distributed as the prior); drawn if None.
+        callback: optional ``callback(step, sigma_next, x_hat)`` after every step.
     Returns:
         samples with ``shape`` (or ``z``'s shape): the final denoised estimate at sigma = 0.
     """
@@ -297,10 +437,15 @@ def heun_sampler(score_model, sde, shape=None, *, num_steps: int = 18, eps: floa
     sigma_max = float(sigmas[0])
     gamma = min(s_churn / num_steps, math.sqrt(2.0) - 1.0)
 
-    def d(x_, sigma: float) -> torch.Tensor:
-        t = _time_of_std(sde, torch.tensor(sigma, dtype=torch.float64)).to(device, torch.float32).expand(batch)
-        return -sigma * score_model(x_, t)
+    def t_of(sigma: float) -> torch.Tensor:
+        return sde.t_of_sigma(torch.tensor(sigma, dtype=torch.float64))
 
+    def d(x_, sigma: float) -> torch.Tensor:
+        t = t_of(sigma)
+        alpha = float(sde.mean_coeff(t))
+        return -sigma * alpha * score_model(alpha * x_, t.to(device, torch.float32).expand(batch))
+
+    x = x / float(sde.mean_coeff(torch.tensor(sde.T, dtype=torch.float64)))
     for i in tqdm(range(num_steps), disable=not progress, desc="Heun (EDM)"):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         sigma_hat = sigma
@@ -312,7 +457,59 @@ def heun_sampler(score_model, sde, shape=None, *, num_steps: int = 18, eps: floa
         if sigma_next > 0:
             x_next = x + (sigma_next - sigma_hat) * 0.5 * (d_cur + d(x_next, sigma_next))
         x = x_next
-        _check_step(x, i, float(_time_of_std(sde, torch.tensor(sigma, dtype=torch.float64))), "heun_sampler")
+        _check_step(x, i, float(t_of(sigma)), "heun_sampler")
         if callback is not None:
             callback(i, sigma_next, x)
     return x
+
+
+# --- one registry of samplers by name ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler in :data:`SAMPLERS`: its function, a label for plots and logs, and its step argument."""
+
+    fn: Callable
+    label: str
+    default_steps: int | None  # None: adaptive, no step count
+    cost: str  # score evaluations for N steps, in words
+
+    def call(self, score_model, sde, shape=None, *, num_steps: int | None = None, **kwargs):
+        """Run the sampler; returns only the samples (``ode_sampler``'s NFE is dropped: :func:`sample` counts)."""
+        if num_steps is not None:
+            if self.default_steps is None:
+                raise ValueError(f"the {self.label} sampler is adaptive and takes no num_steps")
+            kwargs["num_steps"] = num_steps
+        out = self.fn(score_model, sde, shape, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+
+SAMPLERS = {
+    "em": SamplerSpec(euler_maruyama_sampler, "Euler-Maruyama", 500, "N"),
+    "pc": SamplerSpec(pc_sampler, "predictor-corrector", 500, "2N"),
+    "ancestral": SamplerSpec(ancestral_sampler, "ancestral (DDPM for VP)", 1000, "N"),
+    "ode": SamplerSpec(ode_sampler, "probability-flow ODE (RK45)", None, "adaptive"),
+    "heun": SamplerSpec(heun_sampler, "Heun (EDM)", 18, "2N - 1"),
+}
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """The :class:`SamplerSpec` registered as ``name`` (one of :data:`SAMPLERS`)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {name!r}")
+    return SAMPLERS[name]
+
+
+def sample(name: str, score_model, sde, shape=None, *, num_steps: int | None = None,
+           **kwargs) -> tuple[torch.Tensor, int]:
+    """Draw samples with the sampler registered as ``name``; returns ``(samples, score evaluations)``.
+
+    The evaluations are counted by wrapping ``score_model`` in a :class:`CountingModel`, the same way
+    for every sampler. ``num_steps`` (None: the sampler's default) and ``kwargs`` (``z``, ``generator``,
+    ``eps``, ``snr``, ``s_churn``, ``progress``, ``callback``, ...) are passed on.
+    """
+    spec = get_sampler(name)
+    counted = CountingModel(score_model)
+    x = spec.call(counted, sde, shape, num_steps=num_steps, **kwargs)
+    return x, counted.calls

@@ -11,8 +11,9 @@ probability that x came from component k),
 
 Perturbing the data with Gaussian noise, x + sigma z, keeps it a mixture: every component variance
 grows by sigma^2. So the noise-conditional score grad_x log p_sigma(x) is exact too, and so is the
-score of the VE SDE's marginal p_t, which is p_sigma with sigma = marginal_prob_std(t). That makes
-a mixture the place to check a sampler or a likelihood against the truth.
+score of every SDE's marginal p_t: x(t) = alpha(t) x(0) + std(t) z turns component k into
+N(alpha mu_k, alpha^2 s_k^2 + std^2). That makes a mixture the place to check a sampler or a
+likelihood against the truth, for VE, VP and sub-VP alike.
 
 Everything is computed from log-densities with ``logsumexp`` / ``softmax``, never as a ratio of
 densities, so points far from every mode get a finite score (pointing back to the nearest mode)
@@ -137,12 +138,13 @@ class GaussianMixture:
 
     # --- densities and scores ---------------------------------------------------------------
 
-    def _terms(self, x: torch.Tensor, sigma):
+    def _terms(self, x: torch.Tensor, sigma, scale=1.0):
         """The per-component quantities everything else is built from, for the points x flattened to [N, D].
 
-        Returns ``a`` ``[K, N, D]`` with a_k = (x - mu_k) / v_k (minus component k's score),
-        ``logits`` ``[K, N]`` with log w_k + log N(x; mu_k, diag(v_k)), and the variances
-        v_k = s_k^2 + sigma^2 ``[K, D]`` (``[K, N, D]`` for one sigma per example).
+        The mixture is first scaled by ``scale`` (alpha: means alpha mu_k, stds alpha s_k), then
+        convolved with N(0, sigma^2 I). Returns ``a`` ``[K, N, D]`` with a_k = (x - alpha mu_k) / v_k
+        (minus component k's score), ``logits`` ``[K, N]`` with log w_k + log N(x; alpha mu_k, diag(v_k)),
+        and the variances v_k = alpha^2 s_k^2 + sigma^2 ``[K, D]`` (``[K, N, D]`` for per-example values).
         Components come first and sums over D are products with a vector of ones: reductions over
         a short last dimension are slow on the CPU.
         """
@@ -151,21 +153,15 @@ class GaussianMixture:
         if x.dim() < 1 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape [B, D] with D = {self.dim}, got {tuple(x.shape)}")
         xf = x.reshape(-1, self.dim)
+        s2 = self._per_example(sigma, x, "sigma", minimum=0.0) ** 2
+        alpha = self._per_example(scale, x, "scale", minimum=None)
         means = self.means.to(x.device, x.dtype)
         var = self.stds.to(x.device, x.dtype) ** 2
-        if isinstance(sigma, torch.Tensor):
-            if (sigma < 0).any() or not torch.isfinite(sigma).all():
-                raise ValueError("sigma must be finite and >= 0")
-            if sigma.dim() > 1 or (sigma.dim() == 1 and (x.dim() < 2 or sigma.shape[0] != x.shape[0])):
-                raise ValueError(f"a sigma tensor must be a scalar or [B] with B = x.shape[0], "
-                                 f"got {tuple(sigma.shape)} for x of shape {tuple(x.shape)}")
-            s2 = sigma.to(x.device, x.dtype) ** 2
-            if s2.dim() == 1:  # one noise level per example, repeated over any middle dims of x: [N, 1]
-                s2 = s2.reshape((-1,) + (1,) * (x.dim() - 2)).expand(x.shape[:-1]).reshape(-1, 1)
-                var = var.unsqueeze(1)
-            var = var + s2
-        elif _check_sigma(sigma) != 0:
-            var = var + float(sigma) ** 2
+        if s2.dim() == 2 or alpha.dim() == 2:  # one value per example: [N, 1], components get a point axis
+            means, var = means.unsqueeze(1) * alpha, var.unsqueeze(1)
+        else:
+            means = means * alpha
+        var = alpha ** 2 * var + s2
         log_w = torch.log(self.weights.to(x.device, x.dtype))
         ones = torch.ones(self.dim, device=x.device, dtype=x.dtype)
         a, logits = [], []
@@ -176,38 +172,59 @@ class GaussianMixture:
             a.append(a_k)
         return torch.stack(a), torch.stack(logits), var
 
+    @staticmethod
+    def _per_example(value, x: torch.Tensor, name: str, minimum) -> torch.Tensor:
+        """A number (a 0-dim tensor) or a ``[B]`` tensor (one per example, as ``[N, 1]`` over the flattened points)."""
+        if not isinstance(value, torch.Tensor):
+            if name == "sigma":
+                value = _check_sigma(value)
+            elif (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                    or value <= 0):
+                raise ValueError(f"{name} must be a finite number > 0 or a [B] tensor of them, got {value!r}")
+            return torch.tensor(float(value), dtype=x.dtype, device=x.device)
+        if not torch.isfinite(value).all() or (minimum is not None and (value < minimum).any()) or (
+                minimum is None and (value <= 0).any()):
+            raise ValueError(f"{name} must be finite and {'>= 0' if minimum is not None else '> 0'}")
+        if value.dim() > 1 or (value.dim() == 1 and (x.dim() < 2 or value.shape[0] != x.shape[0])):
+            raise ValueError(f"a {name} tensor must be a scalar or [B] with B = x.shape[0], "
+                             f"got {tuple(value.shape)} for x of shape {tuple(x.shape)}")
+        value = value.to(x.device, x.dtype)
+        if value.dim() == 1:  # repeated over any middle dims of x
+            value = value.reshape((-1,) + (1,) * (x.dim() - 2)).expand(x.shape[:-1]).reshape(-1, 1)
+        return value
+
     def _per_point(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """[K, N] (per component and flattened point) -> [..., K] following x's leading dims."""
         return values.T.reshape(x.shape[:-1] + (self.n_components,))
 
-    def component_log_probs(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+    def component_log_probs(self, x: torch.Tensor, sigma=0.0, scale=1.0) -> torch.Tensor:
         """log w_k + log N(x; mu_k, diag(s_k^2 + sigma^2)) for every component: ``[B, K]``."""
-        return self._per_point(self._terms(x, sigma)[1], x)
+        return self._per_point(self._terms(x, sigma, scale)[1], x)
 
-    def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, sigma=0.0, scale=1.0) -> torch.Tensor:
         """log p_sigma(x) = logsumexp_k [log w_k + log N_k(x)]: ``[B]`` for ``x`` ``[B, D]``."""
-        return torch.logsumexp(self._terms(x, sigma)[1], dim=0).reshape(x.shape[:-1])
+        return torch.logsumexp(self._terms(x, sigma, scale)[1], dim=0).reshape(x.shape[:-1])
 
-    def responsibilities(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+    def responsibilities(self, x: torch.Tensor, sigma=0.0, scale=1.0) -> torch.Tensor:
         """r_k(x) = P(component k | x) = softmax_k [log w_k + log N_k(x)]: ``[B, K]``, rows sum to 1."""
-        return self._per_point(torch.softmax(self._terms(x, sigma)[1], dim=0), x)
+        return self._per_point(torch.softmax(self._terms(x, sigma, scale)[1], dim=0), x)
 
-    def assign(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+    def assign(self, x: torch.Tensor, sigma=0.0, scale=1.0) -> torch.Tensor:
         """The most probable component of each point, argmax_k r_k(x): ``[B]`` integer labels."""
-        return self._terms(x, sigma)[1].argmax(dim=0).reshape(x.shape[:-1])
+        return self._terms(x, sigma, scale)[1].argmax(dim=0).reshape(x.shape[:-1])
 
-    def score(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+    def score(self, x: torch.Tensor, sigma=0.0, scale=1.0) -> torch.Tensor:
         """grad_x log p_sigma(x) = sum_k r_k(x) * (-(x - mu_k) / (s_k^2 + sigma^2)): same shape as ``x``.
 
         Called as ``score(x, sigma)`` with ``sigma`` a ``[B]`` tensor this is the exact
         noise-conditional score that :func:`~sgm_helpers.langevin.annealed_langevin_dynamics` wants.
         Differentiable with autograd (the likelihood's divergence needs that).
         """
-        a, logits, _ = self._terms(x, sigma)
+        a, logits, _ = self._terms(x, sigma, scale)
         r = torch.softmax(logits, dim=0)
         return -(r.unsqueeze(-1) * a).sum(0).reshape(x.shape)
 
-    def score_divergence(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+    def score_divergence(self, x: torch.Tensor, sigma=0.0, scale=1.0) -> torch.Tensor:
         """div_x score = Laplacian of log p_sigma, in closed form: ``[B]``.
 
         With the component scores u_k = -(x - mu_k) / v_k (v_k = s_k^2 + sigma^2) and s = sum_k r_k u_k,
@@ -215,56 +232,71 @@ class GaussianMixture:
 
             sum_k r_k (|u_k|^2 - sum_d 1 / v_kd) - |s|^2.
         """
-        a, logits, var = self._terms(x, sigma)
+        a, logits, var = self._terms(x, sigma, scale)
         r = torch.softmax(logits, dim=0)
         s = (r.unsqueeze(-1) * a).sum(0)  # minus the score; only its square appears
         inv_var_sum = (1.0 / var).sum(-1)  # [K] or [K, N]
         per_k = (a**2).sum(-1) - (inv_var_sum if inv_var_sum.dim() == 2 else inv_var_sum.unsqueeze(-1))
         return ((r * per_k).sum(0) - (s**2).sum(-1)).reshape(x.shape[:-1])
 
-    # --- the VE SDE's marginals p_t ---------------------------------------------------------
+    # --- the SDE's marginals p_t -----------------------------------------------------------------
+
+    def diffused(self, sde, t: float) -> "GaussianMixture":
+        """p_t, the mixture diffused by ``sde`` to time ``t``: means alpha(t) mu_k, variances alpha^2 s_k^2 + std(t)^2.
+
+        (x(t) = alpha x(0) + std z with x(0) from component k is Gaussian, so p_t is again a mixture
+        with the same weights.) For VE, alpha = 1 and this is :meth:`noised` with sigma = std(t).
+        """
+        alpha, std = _alpha_std(sde, torch.tensor(float(t), dtype=torch.float64))
+        return GaussianMixture(self.means * float(alpha), torch.sqrt(float(alpha) ** 2 * self.stds ** 2 + float(std) ** 2),
+                               self.weights)
 
     def perturbed_score(self, sde):
         """The exact score of p_t, the mixture diffused by the SDE to time t, as a score model.
 
-        p_t = p convolved with N(0, std(t)^2 I), std(t) = ``sde.marginal_prob_std(t)``, so
-        grad_x log p_t(x) = ``score(x, sigma=std(t))``. The returned function is called
+        p_t is the mixture with means alpha(t) mu_k and variances alpha(t)^2 s_k^2 + std(t)^2, so
+        grad_x log p_t(x) = ``score(x, sigma=std(t), scale=alpha(t))``. The returned function is called
         ``score_model(x [B, D], t [B]) -> [B, D]`` like a trained network, so the samplers and
-        :func:`~sgm_helpers.likelihood.ode_likelihood` take it unchanged. ``sde`` may be a
-        :class:`~sgm_helpers.sde.VESDE` or any function ``t -> std(t)``.
+        :func:`~sgm_helpers.likelihood.ode_likelihood` take it unchanged. ``sde`` is any
+        :class:`~sgm_helpers.sde.SDE` (VE, VP, sub-VP), or a function ``t -> std(t)`` (then alpha = 1).
         """
-        std_fn = _std_fn(sde)
+        _check_sde(sde)
 
         def score_model(x: torch.Tensor, t) -> torch.Tensor:
-            return self.score(x, sigma=_std_at(std_fn, t, x))
+            alpha, std = _alpha_std(sde, t, x)
+            return self.score(x, sigma=std, scale=alpha)
 
         score_model.__doc__ = f"Exact score of {self!r} diffused to time t by {sde!r}: (x [B, D], t [B]) -> [B, D]."
         return score_model
 
     def perturbed_log_prob(self, sde):
         """log p_t(x) of the diffused mixture, as a function ``(x [B, D], t) -> [B]`` (see :meth:`perturbed_score`)."""
-        std_fn = _std_fn(sde)
+        _check_sde(sde)
 
         def log_prob_t(x: torch.Tensor, t) -> torch.Tensor:
-            return self.log_prob(x, sigma=_std_at(std_fn, t, x))
+            alpha, std = _alpha_std(sde, t, x)
+            return self.log_prob(x, sigma=std, scale=alpha)
 
         log_prob_t.__doc__ = f"Exact log-density of {self!r} diffused to time t by {sde!r}: (x, t) -> [B]."
         return log_prob_t
 
 
-def _std_fn(sde):
-    std_fn = getattr(sde, "marginal_prob_std", sde)
-    if not callable(std_fn):
-        raise ValueError(f"sde must have marginal_prob_std(t) (a VESDE) or be a function t -> std(t), got {sde!r}")
-    return std_fn
+def _check_sde(sde) -> None:
+    if not callable(getattr(sde, "marginal_prob_std", sde)):
+        raise ValueError(f"sde must be an SDE (VESDE, VPSDE, subVPSDE) or a function t -> std(t), got {sde!r}")
 
 
-def _std_at(std_fn, t, x: torch.Tensor) -> torch.Tensor:
-    """std(t) as a tensor on x's device: a scalar for a number t, ``[B]`` for t ``[B]``."""
-    if isinstance(t, torch.Tensor):
+def _alpha_std(sde, t, x: torch.Tensor | None = None):
+    """alpha(t) and std(t) as tensors (on x's device and dtype): scalars for a number t, ``[B]`` for t ``[B]``."""
+    if x is not None and isinstance(t, torch.Tensor):
         t = t.to(x.device)
+    std_fn = getattr(sde, "marginal_prob_std", sde)
     std = std_fn(t)
-    return std if isinstance(std, torch.Tensor) else torch.as_tensor(std, dtype=x.dtype, device=x.device)
+    alpha = sde.mean_coeff(t) if hasattr(sde, "mean_coeff") else 1.0
+    if x is not None:
+        std = torch.as_tensor(std, dtype=x.dtype, device=x.device)
+        alpha = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
+    return alpha, std
 
 
 # --- named 2-D examples used by the notebooks ---------------------------------------------------

@@ -15,14 +15,17 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .losses import dsm_loss
+from .likelihood import dequantize as dequantize_images
+from .losses import _check_loss_args, dsm_loss
 from .models import load_tutorial_checkpoint
-from .utils import check_eps, check_finite, check_positive, check_positive_int, model_device
+from .sde import sde_of
+from .utils import check_finite, check_positive, check_positive_int, model_device
 
 CHECKPOINT_FORMAT = "sgm_helpers.checkpoint/1"
 PRECISIONS = ("float32", "bfloat16")
 # Settings a resumed run must share with the checkpoint to continue the same loss curve.
-_RESUME_KEYS = ("batch_size", "lr", "seed", "eps", "n_train", "precision")
+_RESUME_KEYS = ("batch_size", "lr", "seed", "eps", "n_train", "precision", "sde", "likelihood_weighting",
+                "importance_sampling", "dequantize")
 
 
 def make_ema(model: torch.nn.Module, decay: float = 0.999) -> AveragedModel:
@@ -54,16 +57,17 @@ def _check_resume_config(path, saved: dict | None, config: dict) -> None:
                          "resume with the same settings or write to a new checkpoint_path")
 
 
-def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None = None, steps: int | None = None,
+def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps: int | None = None,
           batch_size: int = 32, lr: float = 1e-4, device=None, checkpoint_path=None, progress: bool = True,
           ema_model: AveragedModel | None = None, seed: int = 0, eps: float = 1e-5, resume: bool = False,
-          log_every: int = 25, precision: str = "float32") -> list[float]:
+          log_every: int = 25, precision: str = "float32", likelihood_weighting: bool = False,
+          importance_sampling: bool = False, dequantize: bool = False) -> list[float]:
     """Train a score model with Adam on :func:`~sgm_helpers.losses.dsm_loss`.
 
     Args:
         model: score model ``(x, t) -> score``; moved to ``device``.
         data: ``[N, ...]`` tensor of training examples, or an ``(images, labels)`` pair.
-        marginal_prob_std: t -> std(t) of the SDE.
+        sde: the SDE (``VESDE``, ``VPSDE``, ``subVPSDE``), or the tutorial's ``marginal_prob_std`` function.
         epochs / steps: how long to train; give exactly one. An epoch is ceil(N / batch_size) steps.
         batch_size, lr: Adam's mini-batch size and learning rate (the tutorial: 32 and 1e-4).
         device: where to train; defaults to the model's device.
@@ -83,6 +87,13 @@ def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None
             Adam state and EMA stay float32 (no loss scaling is needed: bfloat16 has float32's range).
             Faster on CPUs with bfloat16 instructions and on recent GPUs; the loss curve differs from
             float32 in the third or fourth significant digit.
+        likelihood_weighting, importance_sampling: the loss's weighting (see ``dsm_loss``); a model
+            meant for bits/dim trains with both.
+        dequantize: train on uniformly dequantized images (255 x + u) / 256, u ~ U[0, 1), drawn afresh
+            each step, as likelihood models do: the model then learns a density of continuous data
+            that the bits/dim evaluation (which dequantizes the same way) measures. ``data`` must be
+            8-bit images scaled to [0, 1].
+        The SDE and these three settings are recorded in the checkpoint; resuming with others is refused.
     Returns:
         the loss of every step since the start of training (including resumed steps), as floats.
     """
@@ -90,7 +101,7 @@ def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None
         raise ValueError("give exactly one of epochs= or steps=")
     batch_size = check_positive_int(batch_size, "batch_size")
     check_positive(lr, "lr")
-    eps = check_eps(eps)
+    eps = _check_loss_args(torch.zeros(1, 1), sde, eps, likelihood_weighting, importance_sampling)
     log_every = check_positive_int(log_every, "log_every")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -99,6 +110,8 @@ def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None
     if not isinstance(data, torch.Tensor) or data.dim() < 2 or len(data) == 0:
         raise ValueError("data must be a non-empty tensor of shape [N, ...] (or an (images, labels) pair)")
     check_finite(data, "data")
+    if dequantize and (data.min() < 0 or data.max() > 1):
+        raise ValueError("dequantize=True needs data that are 8-bit images scaled to [0, 1] (pixel / 255)")
     device = model_device(model, device)
     model.to(device).train()
     data = data.to(device, torch.float32)
@@ -107,7 +120,12 @@ def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None
     total = (check_positive_int(epochs, "epochs") * steps_per_epoch if epochs is not None
              else check_positive_int(steps, "steps"))
 
-    config = dict(batch_size=batch_size, lr=lr, seed=seed, eps=eps, n_train=n, precision=precision)
+    known_sde = sde_of(sde)
+    loss_sde = known_sde if known_sde is not None else sde
+    config = dict(batch_size=batch_size, lr=lr, seed=seed, eps=eps, n_train=n, precision=precision,
+                  sde=known_sde.config() if known_sde is not None else "custom marginal_prob_std",
+                  likelihood_weighting=bool(likelihood_weighting), importance_sampling=bool(importance_sampling),
+                  dequantize=bool(dequantize))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     noise_gen = torch.Generator(device=device).manual_seed(seed)
     step, losses = 0, []
@@ -133,8 +151,11 @@ def train(model: torch.nn.Module, data, marginal_prob_std, *, epochs: int | None
         if epoch != perm_epoch:
             perm, perm_epoch = _epoch_permutation(n, seed, epoch).to(device), epoch
         x = data[perm[k * batch_size:(k + 1) * batch_size]]
+        if dequantize:
+            x = dequantize_images(x, noise_gen)
         with _autocast(device, precision):
-            loss = dsm_loss(model, x, marginal_prob_std, eps=eps, generator=noise_gen)
+            loss = dsm_loss(model, x, loss_sde, eps=eps, generator=noise_gen, likelihood_weighting=likelihood_weighting,
+                            importance_sampling=importance_sampling)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -69,6 +69,14 @@ def check_positive(value, name: str) -> float:
     return float(value)
 
 
+def check_finite_number(value, name: str) -> float:
+    """``value`` must be a finite real number (not a bool)."""
+    if (not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool)
+            or not math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
     """Raise if ``x`` holds NaN or inf."""
     if not torch.isfinite(x).all():

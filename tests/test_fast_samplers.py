@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sgm_helpers import VESDE, ScoreNet, heun_sampler, ode_sampler, three_modes
-from sgm_helpers.samplers import _time_of_std, edm_sigma_steps
+from sgm_helpers.samplers import edm_sigma_steps
 
 SDE = VESDE(25.0)
 EPS = 1e-3
@@ -64,7 +64,7 @@ def heun_factor(s0: float, num_steps: int) -> float:
 
 def test_time_of_std_inverts_the_marginal_std():
     t = torch.tensor([1e-5, 1e-3, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)
-    torch.testing.assert_close(_time_of_std(SDE, SDE.marginal_prob_std(t)), t, rtol=1e-12, atol=0)
+    torch.testing.assert_close(SDE.t_of_sigma(SDE.marginal_prob_std(t)), t, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("num_steps", [1, 2, 18])

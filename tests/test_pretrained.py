@@ -87,7 +87,7 @@ def test_checkpoint_weights_ema_raw_and_auto(tmp_path):
     model, ema = _tiny_trained_checkpoint(path)
     ema_params = dict(ema.module.named_parameters())
     for which, expected in [("ema", ema_params), ("auto", ema_params), ("raw", dict(model.named_parameters()))]:
-        loaded, sde = load_score_checkpoint(path, sigma=25.0, which=which, device="cpu")
+        loaded, sde = load_score_checkpoint(path, sde=VESDE(25.0), which=which, device="cpu")
         assert loaded.channels == (32, 32, 32, 32) and loaded.embed_dim == 8 and not loaded.training
         for name, p in loaded.named_parameters():
             torch.testing.assert_close(p, expected[name], rtol=0, atol=0)
