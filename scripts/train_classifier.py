@@ -2,8 +2,8 @@
 
     SGM_DATA_DIR=../shared/data python scripts/train_classifier.py
 
-Trains :class:`sgm_helpers.classifier.MNISTClassifier` on the MNIST *training* split (offline: the
-5,000-image class-balanced subset in SGM_DATA_DIR) with light augmentation (random shifts up to 2
+Trains :class:`sgm_helpers.classifier.MNISTClassifier` on the MNIST *training* split (all 60,000
+images in SGM_DATA_DIR; it once held a 5,000-image subset) with light augmentation (random shifts up to 2
 pixels and rotations up to 10 degrees), measures its accuracy on all 10,000 official test images,
 and, if that is at least --min-accuracy, writes the weights to sgm_helpers/weights/mnist-classifier.pt
 with a manifest entry recording the test accuracy, the training set size and this command.
@@ -75,7 +75,7 @@ def main():
         "test_images": len(eval_images),
         "training": {
             "train_images": len(images),
-            "data": "MNIST training split (offline: the 5,000-image class-balanced subset); never the test split",
+            "data": f"MNIST training split ({len(images)} images); never the test split",
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "weight_decay": args.weight_decay, "augment": not args.no_augment, "seed": args.seed,
             "seconds": round(train_s),

@@ -1,48 +1,137 @@
-"""Train the bundled pretrained model ("mnist-ve25") reproducibly.
+"""Train a bundled score model reproducibly: any SDE, any weighting, on the MNIST training split minus a held-out tail.
 
     SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py --out runs/mnist-ve25.pt
+    SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py --out runs/mnist-vp-lw.pt --sde vp \\
+        --likelihood-weighting --importance-sampling --dequantize
 
-Every hyperparameter is a flag below, with the values the shipped weights were trained with as
-defaults. The run resumes from --out if it exists. It trains on the MNIST *training* split only
-(offline that is a 5,000-image class-balanced subset of it; see the model card).
+Every hyperparameter is a flag below. The run resumes from --out if it exists (the checkpoint
+records the SDE and the loss settings, and a resume with others is refused). The last --holdout
+training images (default 5,000) are never trained on: they are for choices (EMA or raw weights,
+checkpoint, sampler settings); the test split is never touched here.
+
+--time-budget stops at the end of the first epoch (or --chunk-steps) past that many seconds, with a
+checkpoint to resume from. --export writes the raw and EMA weights, with the run's settings, wall time
+and throughput, to one small file (what ``scripts/export_pretrained.py`` and the evaluation read).
 """
 
 import argparse
+import json
+import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from sgm_helpers import ScoreNet, VESDE, load_mnist, make_ema, seed_everything, train
+from sgm_helpers import ScoreNet, load_mnist, make_ema, make_sde, seed_everything, train
+from sgm_helpers.pretrained import checkpoint_state_dict, read_checkpoint
 from sgm_helpers.training import PRECISIONS
 
 
-def main():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/mnist-ve25.pt")
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--out", default="runs/mnist-ve25.pt", help="the training checkpoint (resumed if it exists)")
+    p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--sigma", type=float, default=25.0)
+    p.add_argument("--sde", choices=["ve", "vp", "subvp"], default="ve")
+    p.add_argument("--sigma", type=float, default=25.0, help="VE: sigma")
+    p.add_argument("--beta-min", type=float, default=0.1, help="VP, sub-VP: beta_min")
+    p.add_argument("--beta-max", type=float, default=20.0, help="VP, sub-VP: beta_max")
+    p.add_argument("--likelihood-weighting", action="store_true")
+    p.add_argument("--importance-sampling", action="store_true")
+    p.add_argument("--dequantize", action="store_true")
+    p.add_argument("--channels", type=int, nargs=4, default=[32, 64, 128, 256], help="ScoreNet's channels")
+    p.add_argument("--holdout", type=int, default=5000, help="last training images kept out of training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--precision", choices=PRECISIONS, default="float32",
-                   help="train's precision (the shipped model: float32)")
-    args = p.parse_args()
+    p.add_argument("--device", default=None, help="default: CUDA if available, else the CPU")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds; stop (resumably) past it")
+    p.add_argument("--chunk-steps", type=int, default=None, help="steps between time checks (default: an epoch)")
+    p.add_argument("--export", default=None, help="also write {raw, ema, info} weights here at the end")
+    p.add_argument("--eval-holdout", type=int, default=0,
+                   help="at the end, bits/dim of the raw and EMA weights on this many held-out images")
+    return p.parse_args(argv)
 
+
+def main(argv=None):
+    args = parse_args(argv)
+    command = "python scripts/train_pretrained.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     seed_everything(args.seed)  # also fixes the GaussianFourierProjection weights
-    sde = VESDE(args.sigma)
-    model = ScoreNet(sde.marginal_prob_std)
+    sde = (make_sde("ve", sigma=args.sigma) if args.sde == "ve"
+           else make_sde(args.sde, beta_min=args.beta_min, beta_max=args.beta_max))
+    model = ScoreNet(sde.marginal_prob_std, channels=args.channels)
     ema = make_ema(model, args.ema_decay)
     images, _ = load_mnist(train=True)
-    print(f"training on {len(images)} MNIST training images; {vars(args)}", flush=True)
+    if not 0 <= args.holdout < len(images):
+        raise SystemExit(f"error: --holdout must be in [0, {len(images)}), got {args.holdout}")
+    images = images[:len(images) - args.holdout]
+    steps_per_epoch = math.ceil(len(images) / args.batch_size)
+    total = args.epochs * steps_per_epoch
+    chunk = args.chunk_steps or steps_per_epoch
+    print(f"training on the first {len(images)} MNIST training images ({args.holdout} held out) on {device}; "
+          f"{sde}; {vars(args)}", flush=True)
+    settings = dict(batch_size=args.batch_size, lr=args.lr, ema_model=ema, seed=args.seed,
+                    checkpoint_path=args.out, resume=True, progress=False, precision=args.precision, device=device,
+                    likelihood_weighting=args.likelihood_weighting, importance_sampling=args.importance_sampling,
+                    dequantize=args.dequantize)
     t0 = time.time()
-    losses = train(model, images, sde.marginal_prob_std, epochs=args.epochs, batch_size=args.batch_size,
-                   lr=args.lr, ema_model=ema, seed=args.seed, checkpoint_path=args.out, resume=True,
-                   progress=True, precision=args.precision)
-    print(f"done: {len(losses)} steps, final loss {sum(losses[-500:]) / 500:.2f}, {time.time() - t0:.0f} s")
+    done = int(read_checkpoint(args.out)["step"]) if Path(args.out).is_file() else 0
+    start_step, losses = done, []
+    while done < total:
+        losses = train(model, images, sde, steps=min(done + chunk, total), **settings)
+        done = len(losses)
+        elapsed = time.time() - t0
+        print(f"step {done}/{total} (epoch {done / steps_per_epoch:.2f}), mean loss of the last 500 steps "
+              f"{sum(losses[-500:]) / len(losses[-500:]):.3f}, {elapsed:.0f} s, "
+              f"{(done - start_step) / elapsed:.1f} steps/s", flush=True)
+        if args.time_budget is not None and elapsed >= args.time_budget and done < total:
+            print(f"time budget of {args.time_budget:.0f} s reached at step {done}; rerun to resume", flush=True)
+            break
+    wall = time.time() - t0
+    info = {**{k: v for k, v in vars(args).items() if k not in ("out", "export", "threads", "device")},
+            "command": command, "sde": sde.config(), "channels": args.channels, "seed": args.seed,
+            "steps": done, "epochs": done / steps_per_epoch, "steps_this_run": done - start_step,
+            "wall_s_this_run": wall, "steps_per_s": (done - start_step) / wall if wall > 0 else None,
+            "examples_per_s": (done - start_step) * args.batch_size / wall if wall > 0 else None,
+            "train_images": len(images), "holdout": args.holdout, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "final_loss_last500_mean": sum(losses[-500:]) / max(len(losses[-500:]), 1)}
+    ckpt = read_checkpoint(args.out)
+    if args.eval_holdout:
+        info["holdout_bpd"] = heldout_bpd(ckpt, sde, args, device)
+    print("run info: " + json.dumps(info), flush=True)
+    if args.export:
+        Path(args.export).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"raw": checkpoint_state_dict(ckpt, "raw"), "ema": checkpoint_state_dict(ckpt, "ema"),
+                    "info": info, "losses": ckpt["losses"]}, args.export)
+        print(f"exported raw and EMA weights to {args.export}", flush=True)
+
+
+def heldout_bpd(ckpt, sde, args, device) -> dict:
+    """Bits/dim of the raw and the EMA weights on the first --eval-holdout held-out training images."""
+    from sgm_helpers.likelihood import evaluate_bpd
+    from sgm_helpers.pretrained import scorenet_from_state_dict
+
+    images, _ = load_mnist(train=True)
+    held_out = images[len(images) - args.holdout:][:args.eval_holdout]
+    out = {"n": len(held_out), "seed": 0}
+    for which in ("raw", "ema"):
+        model = scorenet_from_state_dict(checkpoint_state_dict(ckpt, which), sde).to(device)
+        t0 = time.time()
+        result = evaluate_bpd(model, sde, held_out, batch_size=500, generator=torch.Generator().manual_seed(0),
+                              progress=False, device=device)
+        out[which] = {"mean": result.mean, "stderr": result.stderr, "nfe_per_batch": result.nfe,
+                      "wall_s": time.time() - t0}
+        print(f"held-out bits/dim, {which} weights: {result}", flush=True)
+    return out
 
 
 if __name__ == "__main__":
