@@ -152,43 +152,20 @@ def bench_likelihood(args, model, sde, device) -> dict:
 # -- Sampling speed -----------------------------------------------------------------------------
 
 def sampler_table(args):
-    """name -> (description, fn(model, sde, shape, generator, device) -> samples). The ODE-type samplers
-    draw their latents first from the same seeded generator, so they start from the same z."""
-    kw = dict(progress=False)
-    table_ = {
-        "ode (RK45)": ("`ode_sampler`, RK45, rtol = atol = 1e-5",
-                       lambda m, sde, shape, g, d: sgm.ode_sampler(m, sde, shape, generator=g, device=d, **kw)[0]),
-    }
+    """name -> (description, registry name, options): every sampler runs through ``sgm.sample`` (the package's one
+    registry, which also counts score evaluations). The ODE-type samplers draw their latents first from the same
+    seeded generator, so they start from the same z."""
+    table_ = {"ode (RK45)": ("`ode_sampler`, RK45, rtol = atol = 1e-5", "ode", {})}
     for n in args.heun_steps:
-        table_[f"heun {n}"] = (f"`heun_sampler`, {n} steps",
-                               lambda m, sde, shape, g, d, n=n: sgm.heun_sampler(m, sde, shape, num_steps=n,
-                                                                                 generator=g, device=d, **kw))
+        table_[f"heun {n}"] = (f"`heun_sampler`, {n} steps", "heun", {"num_steps": n})
     for n in args.churn_steps:
         churn = dict(s_churn=args.s_churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax, s_noise=args.s_noise)
         table_[f"heun {n}, churn"] = (
             f"`heun_sampler`, {n} steps, s_churn={args.s_churn:g}, s_tmin={args.s_tmin:g}, s_tmax={args.s_tmax:g}, "
-            f"s_noise={args.s_noise:g}",
-            lambda m, sde, shape, g, d, n=n, c=churn: sgm.heun_sampler(m, sde, shape, num_steps=n, generator=g,
-                                                                       device=d, **c, **kw))
+            f"s_noise={args.s_noise:g}", "heun", {"num_steps": n, **churn})
     for n in args.em_steps:
-        table_[f"euler-maruyama {n}"] = (f"`euler_maruyama_sampler`, {n} steps",
-                                         lambda m, sde, shape, g, d, n=n: sgm.euler_maruyama_sampler(
-                                             m, sde, shape, num_steps=n, generator=g, device=d, **kw))
+        table_[f"euler-maruyama {n}"] = (f"`euler_maruyama_sampler`, {n} steps", "em", {"num_steps": n})
     return table_
-
-
-class Counting:
-    """Counts score evaluations (one call = one forward pass over a batch)."""
-
-    def __init__(self, model):
-        self.model, self.calls = model, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        return self.model(x, t)
-
-    def parameters(self):
-        return self.model.parameters()
 
 
 def bench_sampling(args, model, sde, device) -> dict:
@@ -198,16 +175,16 @@ def bench_sampling(args, model, sde, device) -> dict:
     z = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(args.seed), device=device)
     (x_b, nfe_b), sec_b = timed(lambda: baseline.ode_sampler(model, sde.sigma, z, device=device), device)
     out = {"tutorial ode_sampler (baseline)": {"seconds": sec_b, "nfe": nfe_b, "speedup": 1.0}}
-    counted = Counting(model)
-    (x_p, nfe_p), sec_p = timed(lambda: sgm.ode_sampler(counted, sde, z=z, device=device, progress=False), device)
+    (x_p, nfe_p), sec_p = timed(lambda: sgm.sample("ode", model, sde, z=z, device=device, progress=False), device)
     out["ode_sampler (RK45, same tolerance)"] = {"seconds": sec_p, "nfe": nfe_p, "speedup": sec_b / sec_p,
                                                  "max_abs_diff_vs_baseline": float((x_p - x_b.float()).abs().max())}
-    for name, (_, fn) in sampler_table(args).items():
-        if name.startswith("ode"):
+    for name, (_, sampler, options) in sampler_table(args).items():
+        if sampler == "ode":
             continue
-        counted = Counting(model)
-        _, sec = timed(lambda: fn(counted, sde, shape, torch.Generator().manual_seed(args.seed), device), device)
-        out[name] = {"seconds": sec, "nfe": counted.calls, "speedup": sec_b / sec}
+        gen = torch.Generator().manual_seed(args.seed)
+        (_, nfe), sec = timed(lambda: sgm.sample(sampler, model, sde, shape, generator=gen, device=device,
+                                                 progress=False, **options), device)
+        out[name] = {"seconds": sec, "nfe": nfe, "speedup": sec_b / sec}
     rows = [[k, v["nfe"], f"{v['seconds']:.2f}", f"{v['seconds'] / v['nfe'] * 1e3:.1f}", f"{v['speedup']:.2f}x"]
             for k, v in out.items()]
     print(table(["sampler", "NFE", "seconds / batch", "ms / NFE", "speed-up vs baseline"], rows), flush=True)
@@ -229,20 +206,21 @@ def bench_quality(args, model, sde, device) -> dict:
     real = train_images[torch.randperm(len(train_images), generator=torch.Generator().manual_seed(args.seed))[:n]]
     out = {"real training images": {"nfe": 0, "seconds": 0.0,
                                     **sgm.sample_quality(real, classifier, reference, clip=True).to_dict()}}
-    for name, (desc, fn) in sampler_table(args).items():
-        counted = Counting(model)
+    for name, (desc, sampler, options) in sampler_table(args).items():
         gen = torch.Generator().manual_seed(args.seed)
         sizes = [min(b, n - i) for i in range(0, n, b)]
         t0 = time.perf_counter()
-        xs = [fn(counted, sde, (k, 1, 28, 28), gen, device).cpu() for k in sizes]
+        runs = [sgm.sample(sampler, model, sde, (k, 1, 28, 28), generator=gen, device=device, progress=False,
+                           **options) for k in sizes]
         sync(device)
         sec = time.perf_counter() - t0
-        x = torch.cat(xs)
+        x = torch.cat([x.cpu() for x, _ in runs])
+        nfe_per_batch = sum(nfe for _, nfe in runs) / len(sizes)
         q = sgm.sample_quality(x, classifier, reference, clip=True)
         raw = sgm.frechet_distance(sgm.classifier_features(classifier, x), reference)
-        out[name] = {"description": desc, "nfe_per_batch": counted.calls / len(sizes), "seconds": sec,
+        out[name] = {"description": desc, "nfe_per_batch": nfe_per_batch, "seconds": sec,
                      **q.to_dict(), "frechet_distance_unclipped": raw}
-        print(f"  {name}: FD {q.frechet_distance:.2f}, NFE/batch {counted.calls / len(sizes):.0f}, {sec:.0f} s",
+        print(f"  {name}: FD {q.frechet_distance:.2f}, NFE/batch {nfe_per_batch:.0f}, {sec:.0f} s",
               flush=True)
     ref_fd = out["ode (RK45)"]["frechet_distance"] if "ode (RK45)" in out else float("nan")
     rows = [[k, f"{v['nfe_per_batch'] if 'nfe_per_batch' in v else 0:.0f}", f"{v['frechet_distance']:.2f}",

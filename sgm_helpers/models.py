@@ -9,13 +9,12 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .utils import check_positive_int
+from .utils import check_positive_int, read_torch_file
 
 
 class GaussianFourierProjection(nn.Module):
@@ -162,22 +161,13 @@ class ToyScoreMLP(torch.nn.Module):
 def _read_state_dict(path_or_state_dict) -> dict:
     if isinstance(path_or_state_dict, Mapping):
         return dict(path_or_state_dict)
-    path = Path(path_or_state_dict)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, not a torch file, pickled code...
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint {path} does not hold a state dict (got {type(obj).__name__})")
-    return dict(obj)
+    return read_torch_file(path_or_state_dict)
 
 
 def load_tutorial_checkpoint(model: nn.Module, path_or_state_dict) -> nn.Module:
     """Load a state dict saved by the original tutorial (``torch.save(score_model.state_dict(), 'ckpt.pth')``).
 
-    Accepts a path or a state dict. Keys prefixed ``module.`` (a model wrapped in
+    Accepts a path, an open binary file or a state dict. Keys prefixed ``module.`` (a model wrapped in
     ``torch.nn.DataParallel``) are stripped; a package checkpoint (see ``training.save_checkpoint``)
     also works, its ``"model"`` entry being used. The file is read with ``weights_only=True``.
     Raises ``ValueError`` naming missing, unexpected or mis-shaped keys if the checkpoint is from

@@ -26,7 +26,7 @@ import torch
 from .models import ScoreNet, load_tutorial_checkpoint
 from .sde import SDE, VESDE, sde_of
 from .training import CHECKPOINT_FORMAT
-from .utils import get_device
+from .utils import get_device, read_torch_file
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MANIFEST_NAME = "manifest.json"
@@ -98,10 +98,7 @@ def load_weights(name: str, kind: str | None = None) -> dict:
     if digest != entry["sha256"]:
         raise ValueError(f"sha256 mismatch for {path}: the manifest says {entry['sha256']}, the file has {digest}; "
                          "the file is corrupted or was replaced (reinstall the package)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    return dict(state)
+    return read_torch_file(path, what=f"the weights of {name!r}")
 
 
 def scorenet_architecture(state_dict: Mapping) -> dict:
@@ -178,16 +175,7 @@ def read_checkpoint(path) -> dict:
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for one that cannot be read.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, truncated, pickled code...
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f"checkpoint {path} does not hold a dict (got {type(ckpt).__name__})")
-    return dict(ckpt)
+    return read_torch_file(path)
 
 
 def resolve_checkpoint_weights(ckpt: Mapping, which: str = "auto") -> str:

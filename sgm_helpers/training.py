@@ -19,7 +19,7 @@ from .likelihood import dequantize as dequantize_images
 from .losses import _check_loss_args, dsm_loss
 from .models import load_tutorial_checkpoint
 from .sde import sde_of
-from .utils import check_finite, check_positive, check_positive_int, model_device
+from .utils import check_finite, check_positive, check_positive_int, model_device, read_torch_file
 
 CHECKPOINT_FORMAT = "sgm_helpers.checkpoint/1"
 PRECISIONS = ("float32", "bfloat16")
@@ -220,15 +220,7 @@ def load_checkpoint(path, model: torch.nn.Module | None = None, *, optimizer=Non
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an unreadable one or one
     from another architecture.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict")
+    ckpt = read_torch_file(path, map_location=map_location)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         ckpt = {"format": None, "model": ckpt, "optimizer": None, "ema": None, "step": 0, "losses": []}
     _load_states(ckpt, model, optimizer, ema_model)

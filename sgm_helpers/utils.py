@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -114,3 +117,29 @@ def rand(shape, generator: torch.Generator | None = None, device=None, dtype=Non
         return torch.rand(shape, device=device, dtype=dtype)
     u = torch.rand(shape, generator=generator, device=generator.device, dtype=dtype)
     return u.to(device) if device is not None else u
+
+
+def read_torch_file(source, *, map_location="cpu", what: str = "checkpoint") -> dict:
+    """Read a file written by ``torch.save`` that holds a dict, with ``weights_only=True``: the package's one reader.
+
+    ``source`` is a path (``str`` or ``os.PathLike``) or an open binary file object (``io.BytesIO``...),
+    what ``torch.load`` accepts. Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (naming
+    ``what`` and the source) for one that is not a torch file, holds pickled code, or holds no dict.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        source = Path(source)
+        if not source.is_file():
+            raise FileNotFoundError(f"{what} not found: {source}")
+        name = str(source)
+    elif hasattr(source, "read") and hasattr(source, "seek"):
+        name = f"the file object {type(source).__name__}"
+    else:
+        raise ValueError(f"{what} must be a path or an open binary file, got {type(source).__name__}")
+    try:
+        obj = torch.load(source, map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt file, not a torch file, pickled code...
+        raise ValueError(f"cannot read {what} {name}: {type(err).__name__}: {err}") from err
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{what} {name} does not hold a state dict or a checkpoint: got {type(obj).__name__}, "
+                         "not a dict")
+    return dict(obj)
