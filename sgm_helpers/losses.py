@@ -98,7 +98,6 @@ def ssm_loss(model, x: torch.Tensor, generator: torch.Generator | None = None,
         x = x.detach().requires_grad_(True)
         s = model(x)
         (grad_vs,) = torch.autograd.grad((s * v).sum(), x, create_graph=True)  # grad_x (v^T s), one per example
-    vjv = (grad_vs * v).flatten(1).sum(1)
-    second = s.pow(2).flatten(1).sum(1) if variance_reduction else (s * v).flatten(1).sum(1).pow(2)
-    return (vjv + 0.5 * second).mean()
-
+        vjv = (grad_vs * v).flatten(1).sum(1)
+        second = s.pow(2).flatten(1).sum(1) if variance_reduction else (s * v).flatten(1).sum(1).pow(2)
+        return (vjv + 0.5 * second).mean()
