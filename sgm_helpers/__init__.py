@@ -19,7 +19,8 @@ from .models import Dense, GaussianFourierProjection, ScoreNet, ToyScoreMLP, loa
 from .plotting import (animate_trajectories, image_grid, plot_density_and_score, plot_trajectories,
                        show_images)
 from .pretrained import available_models, load_pretrained, load_score_checkpoint, model_info, pretrained_sde
-from .samplers import (SAMPLERS, CountingModel, ancestral_sampler, edm_sigma_steps, euler_maruyama_sampler,
+from .samplers import (SAMPLERS, CountingModel, ancestral_sampler, dpm_solver_sampler, edm_sigma_steps,
+                       euler_maruyama_sampler,
                        get_sampler, heun_sampler, ode_sampler, pc_sampler, reverse_sde_sampler, sample)
 from .sde import SDE, VESDE, VPSDE, forward_sde_paths, make_sde, subVPSDE
 from .toy import GaussianMixture, ring, single_gaussian, three_modes, two_modes
@@ -31,7 +32,7 @@ __all__ = [
     "ScoreNet", "GaussianFourierProjection", "Dense", "ToyScoreMLP", "load_tutorial_checkpoint",
     "dsm_loss", "ssm_loss", "load_mnist", "train", "make_ema", "save_checkpoint", "load_checkpoint",
     "euler_maruyama_sampler", "pc_sampler", "ancestral_sampler", "reverse_sde_sampler", "ode_sampler",
-    "heun_sampler", "edm_sigma_steps", "SAMPLERS", "get_sampler", "sample", "CountingModel",
+    "heun_sampler", "dpm_solver_sampler", "edm_sigma_steps", "SAMPLERS", "get_sampler", "sample", "CountingModel",
     "hutchinson_divergence", "exact_divergence", "ode_likelihood", "bits_per_dim", "dequantize", "evaluate_bpd",
     "BPDResult", "show_images", "image_grid", "get_device", "seed_everything",
     "GaussianMixture", "two_modes", "three_modes", "ring", "single_gaussian",
