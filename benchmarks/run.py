@@ -163,6 +163,8 @@ def sampler_table(args):
         table_[f"heun {n}, churn"] = (
             f"`heun_sampler`, {n} steps, s_churn={args.s_churn:g}, s_tmin={args.s_tmin:g}, s_tmax={args.s_tmax:g}, "
             f"s_noise={args.s_noise:g}", "heun", {"num_steps": n, **churn})
+    for n in args.dpm_steps:
+        table_[f"dpm-solver++(2m) {n}"] = (f"`dpm_solver_sampler`, {n} steps", "dpm2m", {"num_steps": n})
     for n in args.em_steps:
         table_[f"euler-maruyama {n}"] = (f"`euler_maruyama_sampler`, {n} steps", "em", {"num_steps": n})
     return table_
@@ -383,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--s-tmax", type=float, default=math.inf)
     g.add_argument("--s-noise", type=float, default=1.0)
     g.add_argument("--em-steps", type=int_list, default=[100, 500], help="Euler-Maruyama step counts")
+    g.add_argument("--dpm-steps", type=int_list, default=[10, 20],
+                   help="DPM-Solver++(2M) step counts (= score evaluations)")
     g.add_argument("--fd-samples", type=int, default=1000)
     g.add_argument("--fd-batch", type=int, default=250)
     g = p.add_argument_group("training")
