@@ -3,7 +3,8 @@
 Score-based generative modeling through SDEs (Song et al., ICLR 2021), one module per concept:
 ``sde`` (VE, VP and sub-VP), ``models`` (the U-Net), ``losses`` (denoising and sliced score
 matching), ``data`` (MNIST), ``training``, ``samplers``, ``likelihood``, ``toy`` (exact scores),
-``langevin``, ``classifier`` and ``metrics`` (sample quality), ``pretrained``, ``plotting``, ``utils``.
+``langevin``, ``classifier`` and ``metrics`` (sample quality), ``evaluation`` (the model card's pipeline),
+``pretrained``, ``plotting``, ``utils``.
 """
 
 __version__ = "0.1.0"

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -220,43 +218,6 @@ def _load_split(args, train: bool):
     return load_mnist(train=train, root=args.data_dir, download=not args.no_download)
 
 
-def draw_samples(sampler: str, score_model, sde, n: int, *, steps: int | None, snr: float, eps: float,
-                 batch_size: int, generator: torch.Generator, device, progress: bool) -> tuple[torch.Tensor, list[int], float]:
-    """``n`` samples ``[n, 1, 28, 28]`` on the CPU in batches, with the sampler registered as ``sampler``;
-    also the score evaluations of each batch and the wall time in seconds."""
-    from tqdm.auto import tqdm
-
-    from .samplers import sample
-
-    options = {"snr": snr} if sampler == "pc" else {}
-    out, nfe = [], []
-    t0 = time.perf_counter()
-    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
-    for b in tqdm(sizes, desc=f"{sampler} batches", disable=not progress or len(sizes) == 1):
-        x, calls = sample(sampler, score_model, sde, (b, 1, 28, 28), num_steps=steps, eps=eps, device=device,
-                          generator=generator, progress=progress, **options)
-        out.append(x.cpu())
-        nfe.append(calls)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return torch.cat(out), nfe, time.perf_counter() - t0
-
-
-def _save_grid(samples: torch.Tensor, path: Path, nrow: int | None = None) -> Path:
-    """Save ``[B, 1, 28, 28]`` samples as one PNG grid, each pixel clipped to [0, 1] (as displayed)."""
-    import math
-
-    from torchvision.utils import save_image
-
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"--out must be a .png file, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nrow = nrow or max(1, math.isqrt(len(samples) - 1) + 1)
-    save_image(samples.clamp(0.0, 1.0), path, nrow=nrow, padding=2, pad_value=1.0)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # subcommands
 
@@ -270,11 +231,14 @@ def cmd_sample(args) -> int:
     if SAMPLERS[args.sampler].default_steps is None and steps is not None:
         print("note: the ode sampler is adaptive (RK45, rtol = atol = 1e-5); --steps is not used", file=sys.stderr)
         steps = None
-    gen = torch.Generator().manual_seed(args.seed)
-    x, nfe, wall = draw_samples(args.sampler, model, sde, args.n, steps=steps, snr=args.snr,
-                                eps=args.eps, batch_size=args.n, generator=gen, device=device,
-                                progress=not args.no_progress)
-    path = _save_grid(x, args.out, args.nrow)
+    from .evaluation import draw_samples
+    from .plotting import save_image_grid
+
+    options = {"snr": args.snr} if args.sampler == "pc" else {}
+    x, nfe, wall = draw_samples(args.sampler, model, sde, args.n, steps=steps, eps=args.eps, batch_size=args.n,
+                                generator=torch.Generator().manual_seed(args.seed), device=device,
+                                progress=not args.no_progress, **options)
+    path = save_image_grid(x, args.out, args.nrow)
     print(f"wrote {path}: {args.n} samples from {source}, {SAMPLERS[args.sampler].label} sampler, "
           f"{sum(nfe)} score evaluations, {wall:.1f} s on {device} (pixels clipped to [0, 1] for display)")
     return 0
@@ -341,79 +305,28 @@ def _write_json(path: Path, obj) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .classifier import classifier_accuracy, load_classifier
-    from .likelihood import evaluate_bpd
-    from .metrics import classifier_features, frechet_distance, sample_quality
+    from .classifier import load_classifier
+    from .evaluation import evaluate_model
     from .pretrained import model_info
 
     device = _device(args)
-    progress = not args.no_progress
     json_path = args.json or args.out_dir / "evaluation.json"
     model, sde, source = _score_model(args, device)
     test_images, test_labels = _load_split(args, train=False)
     train_images, _ = _load_split(args, train=True)
-    if args.bpd_n > len(test_images):
-        raise ValueError(f"--bpd-n {args.bpd_n} is larger than the test split ({len(test_images)} images)")
-    results = {
-        "command": "python -m sgm_helpers " + " ".join(args.argv),
-        "model": source,
-        "weights_sha256": None if args.checkpoint else model_info(args.model)["sha256"],
-        "device": str(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "seed": args.seed,
-        "test_images": len(test_images), "train_images": len(train_images),
-    }
-
-    def save():
-        _write_json(json_path, results)
-
-    classifier = load_classifier(device=device)
-    acc = classifier_accuracy(classifier, test_images, test_labels)
-    info = model_info("mnist-classifier")
-    results["classifier"] = {"test_accuracy": acc, "test_images": len(test_images),
-                             "train_images": info["training"]["train_images"], "sha256": info["sha256"]}
-    print(f"classifier: test accuracy {acc:.4f} on {len(test_images)} test images", flush=True)
-    reference = classifier_features(classifier, test_images)
-    n_real = min(args.n_samples, len(train_images))
-    real = train_images[torch.randperm(len(train_images), generator=torch.Generator().manual_seed(args.seed))[:n_real]]
-    results["real_data_baseline"] = {
-        "what": f"{n_real} MNIST training images scored like samples: the Fréchet distance real digits reach "
-                "at this sample size",
-        **sample_quality(real, classifier, reference, clip=True).to_dict()}
-    print(f"baseline, {n_real} real training images: Fréchet distance "
-          f"{results['real_data_baseline']['frechet_distance']:.2f}", flush=True)
-    save()
-
-    if args.bpd_n:
-        t0 = time.perf_counter()
-        bpd = evaluate_bpd(model, sde, test_images[:args.bpd_n], batch_size=args.bpd_batch_size,
-                           generator=torch.Generator().manual_seed(args.seed), progress=progress, device=device)
-        results["bpd"] = {"n": args.bpd_n, "mean": bpd.mean, "stderr": bpd.stderr, "batch_size": args.bpd_batch_size,
-                          "nfe_per_batch_mean": sum(bpd.nfe) / len(bpd.nfe), "nfe_per_batch": bpd.nfe,
-                          "wall_s": time.perf_counter() - t0}
-        print(f"bits/dim on the first {args.bpd_n} test images: {bpd.mean:.3f} ± {bpd.stderr:.3f} "
-              f"({results['bpd']['nfe_per_batch_mean']:.0f} function evaluations per batch of {args.bpd_batch_size})",
-              flush=True)
-        save()
-
-    results["samplers"] = {}
-    for name in args.samplers:
-        gen = torch.Generator().manual_seed(args.seed)
-        steps = None if SAMPLERS[name].default_steps is None else args.steps
-        x, nfe, wall = draw_samples(name, model, sde, args.n_samples, steps=steps,
-                                    snr=args.snr, eps=args.eps, batch_size=args.batch_size, generator=gen,
-                                    device=device, progress=progress)
-        grid = _save_grid(x[:64], args.out_dir / f"samples_{name}.png")
-        clipped = sample_quality(x, classifier, reference, clip=True)
-        raw_fd = frechet_distance(classifier_features(classifier, x), reference)
-        results["samplers"][name] = {
-            "sampler": SAMPLERS[name].label,
-            "steps": None if SAMPLERS[name].default_steps is None else steps or SAMPLERS[name].default_steps,
-            "snr": args.snr if name == "pc" else None, "eps": args.eps, "batch_size": args.batch_size,
-            "score_evaluations_per_batch": nfe, "wall_s": wall, "wall_s_per_sample": wall / len(x),
-            **clipped.to_dict(), "frechet_distance_unclipped": raw_fd, "grid": str(grid)}
-        print(f"{name}: {clipped}; score evaluations per batch of {args.batch_size}: {nfe}; {wall:.1f} s; "
-              f"grid {grid}", flush=True)
-        save()
+    header = {"command": "python -m sgm_helpers " + " ".join(args.argv), "model": source,
+              "weights_sha256": None if args.checkpoint else model_info(args.model)["sha256"]}
+    classifier_info = model_info("mnist-classifier")
+    results = evaluate_model(
+        model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
+        classifier=load_classifier(device=device), samplers=args.samplers, n_samples=args.n_samples,
+        batch_size=args.batch_size, steps=args.steps, snr=args.snr, eps=args.eps, bpd_n=args.bpd_n,
+        bpd_batch_size=args.bpd_batch_size, seed=args.seed, device=device, progress=not args.no_progress,
+        grid_dir=args.out_dir, on_update=lambda r: _write_json(json_path, {**header, **r}),
+        log=lambda line: print(line, flush=True))
+    results["classifier"].update(train_images=classifier_info["training"]["train_images"],
+                                 sha256=classifier_info["sha256"])
+    _write_json(json_path, {**header, **results})
     print(f"wrote {json_path}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,6 +21,20 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) 
         raise ValueError(f"images must have shape [B, C, H, W], got {tuple(images.shape)}")
     nrow = nrow or max(1, math.isqrt(images.shape[0] - 1) + 1)
     return make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding, pad_value=1.0)
+
+
+def save_image_grid(images: torch.Tensor, path, nrow: int | None = None) -> Path:
+    """Save ``[B, C, H, W]`` images as one PNG grid (``torchvision.utils.save_image``), each pixel clipped to [0, 1]
+    as it is displayed; ``nrow`` defaults to a square. Returns the path."""
+    from torchvision.utils import save_image  # imported here: torchvision is slow to import
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"the grid must be a .png file, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nrow = nrow or max(1, math.isqrt(len(images) - 1) + 1)
+    save_image(images.clamp(0.0, 1.0), path, nrow=nrow, padding=2, pad_value=1.0)
+    return path
 
 
 def show_images(images: torch.Tensor, nrow: int | None = None, *, title: str | None = None, ax=None,

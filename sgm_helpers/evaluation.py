@@ -1,0 +1,121 @@
+"""Evaluating a score model the way the model card does: bits/dim on test images and sample quality per sampler.
+
+:func:`evaluate_model` is the one pipeline behind ``python -m sgm_helpers evaluate``: it takes a model, its
+SDE and the data, and returns a JSON-ready dict; :func:`draw_samples` draws many samples in batches with a
+sampler from the registry and counts score evaluations. Adding a model adds no code path.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .samplers import SAMPLERS, sample
+from .utils import check_positive_int
+
+
+def draw_samples(sampler: str, score_model, sde, n: int, *, shape=(1, 28, 28), steps: int | None = None,
+                 batch_size: int = 500, generator: torch.Generator | None = None, device=None, progress: bool = True,
+                 **options) -> tuple[torch.Tensor, list[int], float]:
+    """``n`` samples ``[n, *shape]`` on the CPU, drawn in batches with the sampler registered as ``sampler``.
+
+    ``steps`` (None: the sampler's default) and ``options`` (``snr``, ``eps``, ``s_churn``...) go to
+    :func:`~sgm_helpers.samplers.sample`. Returns ``(samples, score evaluations per batch, wall seconds)``.
+    """
+    n, batch_size = check_positive_int(n, "n"), check_positive_int(batch_size, "batch_size")
+    device = torch.device(device) if device is not None else None
+    out, nfe = [], []
+    t0 = time.perf_counter()
+    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    for b in tqdm(sizes, desc=f"{sampler} batches", disable=not progress or len(sizes) == 1):
+        x, calls = sample(sampler, score_model, sde, (b, *shape), num_steps=steps, generator=generator, device=device,
+                          progress=progress, **options)
+        out.append(x.cpu())
+        nfe.append(calls)
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return torch.cat(out), nfe, time.perf_counter() - t0
+
+
+def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: torch.Tensor,
+                   train_images: torch.Tensor, classifier, samplers=("em", "pc", "ode"), n_samples: int = 2000,
+                   batch_size: int = 500, steps: int | None = None, snr: float = 0.16, eps: float = 1e-3,
+                   bpd_n: int = 10000, bpd_batch_size: int = 100, seed: int = 0, device=None, progress: bool = True,
+                   grid_dir=None, on_update=None, log=print) -> dict:
+    """The model card's numbers for one model, as a JSON-ready dict.
+
+    - ``classifier``: the evaluation classifier's accuracy on the test images;
+    - ``real_data_baseline``: ``n_samples`` training images scored like samples (the Fréchet distance floor);
+    - ``bpd``: bits/dim on the first ``bpd_n`` test images (mean, standard error, score evaluations per batch);
+    - ``samplers[name]``: for each sampler, the Fréchet distance to the test images in the classifier's
+      features (clipped samples, and unclipped), the confidently classified share, the class histogram,
+      score evaluations and wall time; with ``grid_dir``, a grid of the first 64 samples is saved there.
+
+    Every random draw is seeded by ``seed``. ``on_update(results)`` is called after each part (to save
+    partial results); ``log`` prints one line per part.
+    """
+    from .classifier import classifier_accuracy
+    from .likelihood import evaluate_bpd
+    from .metrics import classifier_features, frechet_distance, sample_quality
+    from .plotting import save_image_grid
+
+    if bpd_n > len(test_images):
+        raise ValueError(f"bpd_n = {bpd_n} is larger than the test split ({len(test_images)} images)")
+    unknown = [s for s in samplers if s not in SAMPLERS]
+    if unknown:
+        raise ValueError(f"samplers must be names from {sorted(SAMPLERS)}, got {unknown}")
+    update = on_update or (lambda results: None)
+    results = {"sde": sde.config(), "device": str(device), "torch": torch.__version__,
+               "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "seed": seed,
+               "test_images": len(test_images), "train_images": len(train_images)}
+
+    acc = classifier_accuracy(classifier, test_images, test_labels)
+    results["classifier"] = {"test_accuracy": acc, "test_images": len(test_images)}
+    log(f"classifier: test accuracy {acc:.4f} on {len(test_images)} test images")
+    reference = classifier_features(classifier, test_images)
+    n_real = min(n_samples, len(train_images))
+    real = train_images[torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:n_real]]
+    results["real_data_baseline"] = {
+        "what": f"{n_real} MNIST training images scored like samples: the Fréchet distance real digits reach "
+                "at this sample size",
+        **sample_quality(real, classifier, reference, clip=True).to_dict()}
+    log(f"baseline, {n_real} real training images: Fréchet distance "
+        f"{results['real_data_baseline']['frechet_distance']:.2f}")
+    update(results)
+
+    if bpd_n:
+        t0 = time.perf_counter()
+        bpd = evaluate_bpd(score_model, sde, test_images[:bpd_n], batch_size=bpd_batch_size,
+                           generator=torch.Generator().manual_seed(seed), progress=progress, device=device)
+        results["bpd"] = {"n": bpd_n, "mean": bpd.mean, "stderr": bpd.stderr, "batch_size": bpd_batch_size,
+                          "nfe_per_batch_mean": sum(bpd.nfe) / len(bpd.nfe), "nfe_per_batch": bpd.nfe,
+                          "wall_s": time.perf_counter() - t0}
+        log(f"bits/dim on the first {bpd_n} test images: {bpd.mean:.3f} ± {bpd.stderr:.3f} "
+            f"({results['bpd']['nfe_per_batch_mean']:.0f} function evaluations per batch of {bpd_batch_size})")
+        update(results)
+
+    results["samplers"] = {}
+    for name in samplers:
+        spec = SAMPLERS[name]
+        name_steps = None if spec.default_steps is None else steps or spec.default_steps
+        options = {"eps": eps, **({"snr": snr} if name == "pc" else {})}
+        x, nfe, wall = draw_samples(name, score_model, sde, n_samples, shape=tuple(test_images.shape[1:]),
+                                    steps=name_steps, batch_size=batch_size,
+                                    generator=torch.Generator().manual_seed(seed), device=device, progress=progress,
+                                    **options)
+        clipped = sample_quality(x, classifier, reference, clip=True)
+        entry = {"sampler": spec.label, "steps": name_steps, "snr": options.get("snr"), "eps": eps,
+                 "batch_size": batch_size, "score_evaluations_per_batch": nfe, "wall_s": wall,
+                 "wall_s_per_sample": wall / len(x), **clipped.to_dict(),
+                 "frechet_distance_unclipped": frechet_distance(classifier_features(classifier, x), reference)}
+        if grid_dir is not None:
+            entry["grid"] = str(save_image_grid(x[:64], Path(grid_dir) / f"samples_{name}.png"))
+        results["samplers"][name] = entry
+        log(f"{name}: {clipped}; score evaluations per batch of {batch_size}: {nfe}; {wall:.1f} s"
+            + (f"; grid {entry['grid']}" if "grid" in entry else ""))
+        update(results)
+    return results

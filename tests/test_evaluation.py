@@ -1,0 +1,75 @@
+"""evaluate_model (the model card's pipeline) and draw_samples on small inputs, and the CLI's evaluate calling it."""
+
+import json
+
+import pytest
+import torch
+
+from sgm_helpers import load_classifier, load_pretrained, pretrained_sde
+from sgm_helpers.__main__ import main
+from sgm_helpers.evaluation import draw_samples, evaluate_model
+
+
+@pytest.fixture(scope="module")
+def model_and_sde():
+    return load_pretrained(device="cpu"), pretrained_sde()
+
+
+def _images(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 1, 28, 28), generator=g).float() / 255, torch.arange(n) % 10
+
+
+def test_draw_samples_batches_counts_and_is_seeded(model_and_sde):
+    model, sde = model_and_sde
+    x, nfe, wall = draw_samples("heun", model, sde, 5, steps=2, batch_size=2, device="cpu", progress=False,
+                                generator=torch.Generator().manual_seed(0))
+    assert x.shape == (5, 1, 28, 28) and nfe == [3, 3, 3] and wall > 0
+    again, _, _ = draw_samples("heun", model, sde, 5, steps=2, batch_size=2, device="cpu", progress=False,
+                               generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x, again, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        draw_samples("rk4", model, sde, 2, progress=False)
+
+
+def test_evaluate_model_returns_every_part_and_saves_grids(model_and_sde, tmp_path):
+    model, sde = model_and_sde
+    test_images, test_labels = _images(6, 1)
+    train_images, _ = _images(8, 2)
+    updates = []
+    results = evaluate_model(model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
+                             classifier=load_classifier(device="cpu"), samplers=("em", "dpm2m"), n_samples=6,
+                             batch_size=3, steps=3, bpd_n=2, bpd_batch_size=2, device="cpu", progress=False,
+                             grid_dir=tmp_path, on_update=lambda r: updates.append(sorted(r)), log=lambda line: None)
+    assert results["sde"] == {"name": "VESDE", "sigma": 25.0}
+    assert 0 <= results["classifier"]["test_accuracy"] <= 1
+    assert results["bpd"]["n"] == 2 and results["bpd"]["mean"] > 0
+    for name in ("em", "dpm2m"):
+        entry = results["samplers"][name]
+        assert entry["steps"] == 3 and entry["score_evaluations_per_batch"] == [3, 3]
+        assert (tmp_path / f"samples_{name}.png").is_file()
+    assert len(updates) == 4  # baseline, bits/dim, then one per sampler
+    json.dumps(results)  # JSON-ready
+    with pytest.raises(ValueError, match="samplers must be names"):
+        evaluate_model(model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
+                       classifier=None, samplers=("rk4",), bpd_n=0)
+
+
+def test_cli_evaluate_writes_the_json_through_evaluate_model(tmp_path, capsys):
+    from test_cli import _write_idx  # the tiny idx writer the CLI tests use (tests/ is on sys.path)
+
+    raw = tmp_path / "tiny" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 4), ("t10k", 3)):
+        images, labels = _images(n, 3)
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", (images[:, 0] * 255).round())
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--data-dir", tmp_path / "tiny", "--no-download", "--device", "cpu", "--no-progress",
+                 "--bpd-n", "0", "--n-samples", "2", "--batch-size", "2", "--samplers", "heun", "--steps", "2",
+                 "--out-dir", out])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["command"].startswith("python -m sgm_helpers evaluate") and "mnist-ve25" in saved["model"]
+    assert saved["samplers"]["heun"]["score_evaluations_per_batch"] == [3]
+    assert saved["classifier"]["sha256"] and saved["test_images"] == 3
