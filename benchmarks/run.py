@@ -46,6 +46,7 @@ import baseline  # noqa: E402  (benchmarks/baseline.py)
 
 import sgm_helpers as sgm  # noqa: E402
 from sgm_helpers.data import default_data_root  # noqa: E402
+from sgm_helpers.evaluation import draw_samples  # noqa: E402
 
 SECTIONS = ("likelihood", "sampling", "quality", "training", "notebooks")
 
@@ -209,15 +210,11 @@ def bench_quality(args, model, sde, device) -> dict:
     out = {"real training images": {"nfe": 0, "seconds": 0.0,
                                     **sgm.sample_quality(real, classifier, reference, clip=True).to_dict()}}
     for name, (desc, sampler, options) in sampler_table(args).items():
-        gen = torch.Generator().manual_seed(args.seed)
-        sizes = [min(b, n - i) for i in range(0, n, b)]
-        t0 = time.perf_counter()
-        runs = [sgm.sample(sampler, model, sde, (k, 1, 28, 28), generator=gen, device=device, progress=False,
-                           **options) for k in sizes]
-        sync(device)
-        sec = time.perf_counter() - t0
-        x = torch.cat([x.cpu() for x, _ in runs])
-        nfe_per_batch = sum(nfe for _, nfe in runs) / len(sizes)
+        options = dict(options)
+        steps = options.pop("num_steps", None)
+        x, nfe, sec = draw_samples(sampler, model, sde, n, steps=steps, batch_size=b, device=device, progress=False,
+                                   generator=torch.Generator().manual_seed(args.seed), **options)
+        nfe_per_batch = sum(nfe) / len(nfe)
         q = sgm.sample_quality(x, classifier, reference, clip=True)
         raw = sgm.frechet_distance(sgm.classifier_features(classifier, x), reference)
         out[name] = {"description": desc, "nfe_per_batch": nfe_per_batch, "seconds": sec,
