@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .sde import SDE
+from .sde import SDE, sde_of
 from .utils import check_eps, randn
 
 
@@ -29,14 +29,16 @@ def dsm_loss(model, x: torch.Tensor, sde, eps: float = 1e-5, generator: torch.Ge
     Args:
         model: score model ``(x [B, ...], t [B]) -> [B, ...]``.
         x: a batch of data ``[B, ...]``.
-        sde: an :class:`~sgm_helpers.sde.SDE`, or the tutorial's ``marginal_prob_std`` function t -> std(t)
-            (then the mean is x itself, as for VE, and only the default weighting is possible).
+        sde: an :class:`~sgm_helpers.sde.SDE`, or the tutorial's ``marginal_prob_std`` function t -> std(t):
+            a bound ``sde.marginal_prob_std`` stands for its SDE; any other function means a drift-free SDE
+            (mean x, as for VE) and allows only the default weighting.
         eps: smallest time sampled, in (0, 1); std(t) -> 0 at t = 0, where the loss is ill-conditioned.
         generator: optional ``torch.Generator`` on ``x``'s device for t and z.
         likelihood_weighting, importance_sampling: see above.
     Returns:
         a scalar tensor: the per-example loss summed over the data dims, averaged over the batch.
     """
+    sde = sde_of(sde) or sde
     eps = _check_loss_args(x, sde, eps, likelihood_weighting, importance_sampling)
     u = torch.rand(x.shape[0], device=x.device, generator=generator)
     z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
@@ -48,7 +50,7 @@ def dsm_loss(model, x: torch.Tensor, sde, eps: float = 1e-5, generator: torch.Ge
         weight = sde.diffusion_coeff(t) ** 2 / sde.marginal_prob_std(t) ** 2 if likelihood_weighting else 1.0
     if isinstance(sde, SDE):
         mean, std = sde.marginal_prob(x, t)
-    else:  # the tutorial's marginal_prob_std: no drift, the mean is x
+    else:  # a bare t -> std(t) function: no drift, the mean is x
         mean, std = x, sde(t)
     std = std.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
     score = model(mean + std * z, t)

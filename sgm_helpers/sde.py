@@ -228,7 +228,7 @@ class SDE(abc.ABC):
         if not isinstance(config, dict) or "name" not in config:
             raise ValueError(f"an SDE config must be a dict with a 'name' (one of {sorted(_CLASSES)}), got {config!r}")
         params = {k: v for k, v in config.items() if k != "name"}
-        cls = _CLASSES.get(config["name"])
+        cls = _CLASSES.get(config["name"]) if isinstance(config["name"], str) else None
         if cls is None:
             raise ValueError(f"unknown SDE name {config['name']!r}; known: {sorted(_CLASSES)}")
         try:
@@ -417,8 +417,7 @@ def make_sde(name: str, **params) -> SDE:
 
         make_sde("vp", beta_min=0.1, beta_max=20.0)  ->  VPSDE(beta_min=0.1, beta_max=20)
     """
-    key = name.lower() if isinstance(name, str) else name
-    cls_name = SDE_NAMES.get(key, name)
+    cls_name = SDE_NAMES.get(name.lower(), name) if isinstance(name, str) else None
     if cls_name not in _CLASSES:
         raise ValueError(f"sde must be one of {sorted(SDE_NAMES)} (or {sorted(_CLASSES)}), got {name!r}")
     return SDE.from_config({"name": cls_name, **params})

@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from .sde import sde_of
 from .utils import check_positive, check_positive_int, rand, randn
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -258,7 +259,8 @@ class GaussianMixture:
         grad_x log p_t(x) = ``score(x, sigma=std(t), scale=alpha(t))``. The returned function is called
         ``score_model(x [B, D], t [B]) -> [B, D]`` like a trained network, so the samplers and
         :func:`~sgm_helpers.likelihood.ode_likelihood` take it unchanged. ``sde`` is any
-        :class:`~sgm_helpers.sde.SDE` (VE, VP, sub-VP), or a function ``t -> std(t)`` (then alpha = 1).
+        :class:`~sgm_helpers.sde.SDE` (VE, VP, sub-VP) or its bound ``marginal_prob_std``, or any other function
+        ``t -> std(t)`` (then alpha = 1).
         """
         _check_sde(sde)
 
@@ -290,6 +292,7 @@ def _alpha_std(sde, t, x: torch.Tensor | None = None):
     """alpha(t) and std(t) as tensors (on x's device and dtype): scalars for a number t, ``[B]`` for t ``[B]``."""
     if x is not None and isinstance(t, torch.Tensor):
         t = t.to(x.device)
+    sde = sde_of(sde) or sde  # a bound marginal_prob_std stands for its SDE (with its alpha)
     std_fn = getattr(sde, "marginal_prob_std", sde)
     std = std_fn(t)
     alpha = sde.mean_coeff(t) if hasattr(sde, "mean_coeff") else 1.0

@@ -124,3 +124,78 @@ def test_train_writes_resumes_and_refuses_other_settings(tmp_path, tiny_mnist, c
     assert_one_line_error(code, err)
     assert "cannot resume" in err and "precision='float32' in the checkpoint, 'bfloat16' now" in err
     assert load_checkpoint(out)["step"] == 2
+
+
+# --- VE, VP and sub-VP on the command line -------------------------------------------------------------------
+
+
+def test_sample_with_another_sde_than_the_shipped_models_is_refused(tmp_path, capsys):
+    out = tmp_path / "s.png"
+    code, _, err = run_main(["sample", "--sde", "vp", "--model", "mnist-ve25", "--device", "cpu", "--out", out,
+                             "--no-progress"], capsys)
+    assert_one_line_error(code, err)
+    assert "VESDE(sigma=25)" in err and "VPSDE(beta_min=0.1, beta_max=20)" in err and "mnist-ve25" in err
+    assert not out.exists()
+
+
+def test_sample_with_heun_reports_its_score_evaluations(tmp_path, capsys):
+    out = tmp_path / "heun.png"
+    code, stdout, _ = run_main(["sample", "--sampler", "heun", "--steps", "2", "--n", "2", "--device", "cpu",
+                                "--out", out, "--no-progress"], capsys)
+    assert code == 0 and out.is_file()
+    assert "3 score evaluations" in stdout and "Heun" in stdout  # 2N - 1 for N = 2
+
+
+def test_sample_with_the_ancestral_sampler(tmp_path, capsys):
+    out = tmp_path / "ancestral.png"
+    code, stdout, _ = run_main(["sample", "--sampler", "ancestral", "--steps", "3", "--n", "2", "--device", "cpu",
+                                "--out", out, "--no-progress"], capsys)
+    assert code == 0 and out.is_file() and "3 score evaluations" in stdout and "ancestral" in stdout
+
+
+def test_a_vp_checkpoint_samples_with_its_sde_and_refuses_another(tmp_path, capsys):
+    from sgm_helpers import VPSDE
+
+    torch.manual_seed(0)
+    model = ScoreNet(VPSDE().marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=16)
+    path = save_checkpoint(tmp_path / "vp.pt", model, step=0, config={"sde": VPSDE().config()})
+    out = tmp_path / "vp.png"
+    code, stdout, _ = run_main(["sample", "--checkpoint", path, "--sampler", "em", "--steps", "2", "--n", "2",
+                                "--device", "cpu", "--out", out, "--no-progress"], capsys)
+    assert code == 0 and out.is_file() and "VPSDE(beta_min=0.1, beta_max=20)" in stdout
+    code, _, _ = run_main(["sample", "--checkpoint", path, "--sde", "vp", "--sampler", "em", "--steps", "2",
+                           "--n", "2", "--device", "cpu", "--out", out, "--no-progress"], capsys)
+    assert code == 0
+    for other in (["--sde", "ve"], ["--sde", "subvp"], ["--sde", "vp", "--beta-max", "10"], ["--sigma", "25"]):
+        code, _, err = run_main(["sample", "--checkpoint", path, *other, "--sampler", "em", "--steps", "2", "--n", "2",
+                                 "--device", "cpu", "--out", tmp_path / "no.png", "--no-progress"], capsys)
+        assert_one_line_error(code, err)
+        assert "VPSDE(beta_min=0.1, beta_max=20)" in err and "trained with" in err, err
+    assert not (tmp_path / "no.png").exists()
+
+
+def test_train_vp_with_likelihood_weighting_records_it(tmp_path, tiny_mnist, capsys):
+    from sgm_helpers import VPSDE, load_checkpoint, load_score_checkpoint
+
+    out = tmp_path / "vp.pt"
+    code, stdout, _ = run_main(["train", "--data-dir", tiny_mnist, "--no-download", "--device", "cpu", "--no-progress",
+                                "--out", out, "--batch-size", "4", "--epochs", "1", "--sde", "vp",
+                                "--likelihood-weighting", "--importance-sampling", "--dequantize"], capsys)
+    assert code == 0 and "VPSDE(beta_min=0.1, beta_max=20)" in stdout
+    config = load_checkpoint(out)["config"]
+    assert config["sde"] == VPSDE().config() == {"name": "VPSDE", "beta_min": 0.1, "beta_max": 20.0}
+    assert config["likelihood_weighting"] and config["importance_sampling"] and config["dequantize"]
+    assert load_score_checkpoint(out, device="cpu")[1] == VPSDE()
+    # resuming the same file without --likelihood-weighting is refused, naming the setting
+    code, _, err = run_main(["train", "--data-dir", tiny_mnist, "--no-download", "--device", "cpu", "--no-progress",
+                             "--out", out, "--batch-size", "4", "--epochs", "2", "--sde", "vp", "--dequantize"], capsys)
+    assert_one_line_error(code, err)
+    assert "likelihood_weighting=True in the checkpoint, False now" in err
+
+
+def test_importance_sampling_without_likelihood_weighting_on_the_command_line(tmp_path, tiny_mnist, capsys):
+    out = tmp_path / "c.pt"
+    code, _, err = run_main(["train", "--data-dir", tiny_mnist, "--no-download", "--device", "cpu", "--no-progress",
+                             "--out", out, "--batch-size", "4", "--epochs", "1", "--importance-sampling"], capsys)
+    assert_one_line_error(code, err)
+    assert "importance_sampling" in err and not out.exists()
