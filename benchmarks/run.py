@@ -156,7 +156,7 @@ def sampler_table(args):
     """name -> (description, registry name, options): every sampler runs through ``sgm.sample`` (the package's one
     registry, which also counts score evaluations). The ODE-type samplers draw their latents first from the same
     seeded generator, so they start from the same z."""
-    table_ = {"ode (RK45)": ("`ode_sampler`, RK45, rtol = atol = 1e-5", "ode", {})}
+    table_ = {} if args.skip_ode else {"ode (RK45)": ("`ode_sampler`, RK45, rtol = atol = 1e-5", "ode", {})}
     for n in args.heun_steps:
         table_[f"heun {n}"] = (f"`heun_sampler`, {n} steps", "heun", {"num_steps": n})
     for n in args.churn_steps:
@@ -382,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--s-tmax", type=float, default=math.inf)
     g.add_argument("--s-noise", type=float, default=1.0)
     g.add_argument("--em-steps", type=int_list, default=[100, 500], help="Euler-Maruyama step counts")
+    g.add_argument("--skip-ode", action="store_true", help="leave the adaptive RK45 sampler out of the quality table")
     g.add_argument("--dpm-steps", type=int_list, default=[10, 20],
                    help="DPM-Solver++(2M) step counts (= score evaluations)")
     g.add_argument("--fd-samples", type=int, default=1000)
