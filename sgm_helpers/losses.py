@@ -75,14 +75,14 @@ def ssm_loss(model, x: torch.Tensor, generator: torch.Generator | None = None,
              variance_reduction: bool = True) -> torch.Tensor:
     """Sliced score matching (Song, Garg, Shi and Ermon 2019): score matching without noise or a known density.
 
-    Score matching's objective E ||s(x) - grad log p(x)||^2 equals, up to a constant,
-    E [tr(grad_x s(x)) + 1/2 ||s(x)||^2] (integration by parts). The trace costs D backward passes;
-    projecting onto a random direction v with E[v v^T] = I makes it one:
+    Score matching's objective 1/2 E ||s(x) - grad log p(x)||^2 equals, up to a constant that does not
+    depend on s, E [tr(grad_x s(x)) + 1/2 ||s(x)||^2] (Hyvarinen 2005, by integration by parts). The trace
+    costs D backward passes; projecting onto a random direction v with E[v v^T] = I makes it one:
 
         L = E_x E_v [ v^T (grad_x s(x)) v + 1/2 (v^T s(x))^2 ]
 
-    and with ``variance_reduction`` (SSM-VR, for Gaussian v) the second term is replaced by its
-    expectation over v, 1/2 ||s(x)||^2. One v per example; the Jacobian-vector term is a double backward,
+    and with ``variance_reduction`` (SSM-VR) the second term is replaced by its expectation over v,
+    E_v (v^T s)^2 = s^T E[v v^T] s = ||s(x)||^2 (halved). Here v ~ N(0, I), one per example; the Jacobian-vector term is a double backward,
     so the parameters' gradient flows through it.
 
     Args:
