@@ -109,7 +109,9 @@ def ode_likelihood(x: torch.Tensor, score_model, sde, *, eps: float = 1e-5, rtol
         score_model: ``(x, t) -> score``; the exact score of a toy distribution works too.
         sde: the SDE: its drift, g(t) and the prior log-density.
         eps: the time the data is placed at, in (0, 1).
-        rtol, atol: ``solve_ivp`` tolerances (on u and delta).
+        rtol, atol: ``solve_ivp`` tolerances (on u and delta). The solver controls the error of the
+            whole batch's state at once, so a single example can be less accurate than the tolerance
+            suggests when the others set the step size (solve it alone to check).
         hutchinson: ``"gaussian"`` or ``"rademacher"`` probes, or ``"exact"`` for the exact trace
             (D backward passes per evaluation; for low-dimensional data only).
         generator: for the probe noise.

@@ -146,8 +146,10 @@ class SDE(abc.ABC):
             a = alpha(t) / alpha(s),     b^2 = std(t)^2 - a^2 std(s)^2
 
         (x(t) = alpha(t) x(0) + std(t) z and x(s) = alpha(s) x(0) + std(s) z' must agree in mean and
-        variance.) For VE this is SMLD's step, b^2 = std(t)^2 - std(s)^2; for VP it is DDPM's,
-        a = sqrt(1 - beta_i), b^2 = beta_i.
+        variance.) For VE this is SMLD's step, b^2 = std(t)^2 - std(s)^2; for VP it is DDPM's step
+        a = sqrt(1 - beta), b^2 = beta with beta = 1 - alpha(t)^2 / alpha(s)^2 = 1 - exp(-int_s^t beta(u) du),
+        the exact noise of that interval (DDPM's linear schedule, :meth:`VPSDE.discrete_betas`, agrees with it
+        to first order in the step: 1.0e-4 against 1.1e-4 for the first of 1,000 steps).
         """
         s, t = _as_tensor(s), _as_tensor(t)
         t = t.to(s.device) if t.device != s.device else t
@@ -327,7 +329,7 @@ class _LinearBetaSDE(SDE):
         return torch.exp(-0.5 * self.integrated_beta(t, device))
 
     def prior_std(self) -> float:
-        """1: the prior is N(0, I) (std(1) = 1 - 4e-5 for the default betas)."""
+        """1: the prior is N(0, I) (for the default betas std(1) = 1 - 2.2e-5 for VP, 1 - 4.3e-5 for sub-VP)."""
         return 1.0
 
 
