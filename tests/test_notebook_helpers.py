@@ -269,8 +269,12 @@ def test_committed_notebook_is_colab_ready_and_content_checked(path):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
 
 
-def test_there_are_five_notebooks():
-    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_"]
+def test_notebooks_are_numbered_without_gaps_and_listed_in_the_readme():
+    assert [p.name[:3] for p in NOTEBOOKS] == [f"{i:02d}_" for i in range(1, len(NOTEBOOKS) + 1)]
+    assert len(NOTEBOOKS) >= 6  # 1-5 on the VE SDE, 6 on the SDE family
+    readme = (NOTEBOOKS[0].parent.parent / "README.md").read_text(encoding="utf-8")
+    for path in NOTEBOOKS:
+        assert f"(notebooks/{path.name})" in readme, f"README's table does not link {path.name}"
 
 
 def test_label_grid_puts_one_tick_at_the_centre_of_every_tile():
