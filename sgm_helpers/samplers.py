@@ -501,25 +501,28 @@ def dpm_solver_sampler(score_model, sde, shape=None, *, num_steps: int = 20, eps
 
         x_i = (std_i / std_{i-1}) x_{i-1} - alpha_i (e^(-h_i) - 1) D_i
 
-    where the first step (and the last one, for fewer than 15 steps, as the authors advise) uses
-    D_i = D(x_{i-1}, t_{i-1}), and every other step extrapolates from the last two estimates,
+    where the first step uses D_i = D(x_{i-1}, t_{i-1}) and every later one extrapolates from the last two
+    estimates (the "2M" of the name),
 
         D_i = (1 + 1/(2 r_i)) D(x_{i-1}, t_{i-1}) - 1/(2 r_i) D(x_{i-2}, t_{i-2}),    r_i = h_{i-1} / h_i.
 
-    One score evaluation per step, so ``num_steps`` is the number of score evaluations. Times are evenly
-    spaced in lambda (:func:`lambda_steps`). For VE (alpha = 1) the update is x_i = rho x_{i-1} + (1 - rho) D_i
-    with rho = std_i / std_{i-1}: DDIM's step, with a second-order D.
+    The times t_0 = 1 > ... > t_{N-1} = eps are evenly spaced in lambda (:func:`lambda_steps`); a last,
+    first-order step from eps to std = 0 (lambda = infinity) returns D(x_{N-1}, eps), the denoised mean, as
+    :func:`heun_sampler` does. ``num_steps`` = N is the number of score evaluations. For VE (alpha = 1) the
+    update is x_i = rho x_{i-1} + (1 - rho) D_i with rho = std_i / std_{i-1}: DDIM's step, with a second-order D.
 
     Args:
         score_model, sde, eps, device, generator, progress: as :func:`reverse_sde_sampler`.
         shape: ``(B, ...)``; may be omitted when ``z`` is given.
-        num_steps: steps, one score evaluation each (>= 1).
+        num_steps: score evaluations (>= 1; one evaluation is a single denoising of the prior draw).
         z: latent codes x(1) ``[B, ...]`` (distributed as the prior); drawn if None.
-        callback: optional ``callback(step, t_next, x)`` after every step.
+        callback: optional ``callback(step, t_next, x)`` after every step (``t_next = 0`` for the last).
     Returns:
-        samples at t = eps with ``shape`` (or ``z``'s shape).
+        samples with ``shape`` (or ``z``'s shape): the denoised estimate at eps.
     """
-    ts = lambda_steps(sde, num_steps, eps=eps)
+    num_steps = check_positive_int(num_steps, "num_steps")
+    eps = check_eps(eps)
+    ts = lambda_steps(sde, num_steps - 1, eps=eps) if num_steps > 1 else torch.tensor([sde.T], dtype=torch.float64)
     device = model_device(score_model, device)
     x = _initial_state(sde, shape, z, generator, device)
     alpha, std = sde.mean_coeff(ts), sde.marginal_prob_std(ts)
@@ -528,17 +531,19 @@ def dpm_solver_sampler(score_model, sde, shape=None, *, num_steps: int = 20, eps
     for i in tqdm(range(num_steps), disable=not progress, desc="DPM-Solver++(2M)"):
         t = ts[i].to(device, torch.float32).expand(x.shape[0])
         denoised = sde.tweedie_denoise(x, t, score_model(x, t))
-        h = float(lam[i + 1] - lam[i])
-        d = denoised
-        last_low_order = i == num_steps - 1 and num_steps < 15
-        if previous is not None and not last_low_order:
-            r = previous[1] / h
-            d = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * previous[0]
-        x = float(std[i + 1] / std[i]) * x - float(alpha[i + 1] * math.expm1(-h)) * d
-        previous = (denoised, h)
+        if i == num_steps - 1:  # to std = 0: e^(-h) = 0, so x = D
+            x, t_next = denoised, 0.0
+        else:
+            h = float(lam[i + 1] - lam[i])
+            d = denoised
+            if previous is not None:
+                r = previous[1] / h
+                d = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * previous[0]
+            x = float(std[i + 1] / std[i]) * x - float(alpha[i + 1] * math.expm1(-h)) * d
+            previous, t_next = (denoised, h), float(ts[i + 1])
         _check_step(x, i, float(ts[i]), "dpm_solver_sampler")
         if callback is not None:
-            callback(i, float(ts[i + 1]), x)
+            callback(i, t_next, x)
     return x
 
 
