@@ -492,7 +492,8 @@ def lambda_steps(sde, num_steps: int, *, eps: float = 1e-3, device=None) -> torc
 @torch.no_grad()
 def dpm_solver_sampler(score_model, sde, shape=None, *, num_steps: int = 20, eps: float = 1e-3,
                        z: torch.Tensor | None = None, device=None, generator: torch.Generator | None = None,
-                       progress: bool = True, callback=None) -> torch.Tensor:
+                       progress: bool = True, callback=None, schedule: str = "logsnr",
+                       rho: float = 7.0) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022), a multistep solver of the probability-flow ODE built for it.
 
     With x(t) = alpha_t x(0) + std_t z, the ODE is exactly linear in x apart from the denoised estimate
@@ -506,9 +507,10 @@ def dpm_solver_sampler(score_model, sde, shape=None, *, num_steps: int = 20, eps
 
         D_i = (1 + 1/(2 r_i)) D(x_{i-1}, t_{i-1}) - 1/(2 r_i) D(x_{i-2}, t_{i-2}),    r_i = h_{i-1} / h_i.
 
-    The times t_0 = 1 > ... > t_{N-1} = eps are evenly spaced in lambda (:func:`lambda_steps`); a last,
-    first-order step from eps to std = 0 (lambda = infinity) returns D(x_{N-1}, eps), the denoised mean, as
-    :func:`heun_sampler` does. ``num_steps`` = N is the number of score evaluations. For VE (alpha = 1) the
+    The times t_0 = 1 > ... > t_{N-1} = eps are evenly spaced in lambda (``schedule="logsnr"``, the authors'
+    choice, :func:`lambda_steps`) or placed at EDM's noise levels (``schedule="edm"``, :func:`edm_sigma_steps`
+    with exponent ``rho``); a last, first-order step from eps to std = 0 (lambda = infinity) returns
+    D(x_{N-1}, eps), the denoised mean, as :func:`heun_sampler` does. ``num_steps`` = N is the number of score evaluations. For VE (alpha = 1) the
     update is x_i = rho x_{i-1} + (1 - rho) D_i with rho = std_i / std_{i-1}: DDIM's step, with a second-order D.
 
     Args:
@@ -517,12 +519,19 @@ def dpm_solver_sampler(score_model, sde, shape=None, *, num_steps: int = 20, eps
         num_steps: score evaluations (>= 1; one evaluation is a single denoising of the prior draw).
         z: latent codes x(1) ``[B, ...]`` (distributed as the prior); drawn if None.
         callback: optional ``callback(step, t_next, x)`` after every step (``t_next = 0`` for the last).
+        schedule, rho: where the steps go (see above).
     Returns:
         samples with ``shape`` (or ``z``'s shape): the denoised estimate at eps.
     """
     num_steps = check_positive_int(num_steps, "num_steps")
     eps = check_eps(eps)
-    ts = lambda_steps(sde, num_steps - 1, eps=eps) if num_steps > 1 else torch.tensor([sde.T], dtype=torch.float64)
+    if schedule == "logsnr":
+        ts = lambda_steps(sde, num_steps - 1, eps=eps) if num_steps > 1 else torch.tensor([sde.T], dtype=torch.float64)
+    elif schedule == "edm":
+        ts = sde.t_of_sigma(edm_sigma_steps(sde, num_steps, eps=eps, rho=rho)[:-1])
+        ts[0] = sde.T
+    else:
+        raise ValueError(f"schedule must be 'logsnr' or 'edm', got {schedule!r}")
     device = model_device(score_model, device)
     x = _initial_state(sde, shape, z, generator, device)
     alpha, std = sde.mean_coeff(ts), sde.marginal_prob_std(ts)

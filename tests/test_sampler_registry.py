@@ -131,8 +131,9 @@ def test_the_shared_loop_reproduces_the_tutorials_ve_loops_bit_for_bit():
                                                 torch.Generator().manual_seed(8)), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("schedule", ["logsnr", "edm"])
 @pytest.mark.parametrize("sde", [VESDE(25.0), VPSDE()], ids=repr)
-def test_dpm_solver_converges_to_the_ode_solution_at_second_order(sde):
+def test_dpm_solver_converges_to_the_ode_solution_at_second_order(sde, schedule):
     # The exact probability-flow ODE solution from the same latents (DOP853, tight tolerances) is the reference.
     # A second-order method's error falls ~4x per doubling of the steps; measured 3.3x-3.8x from 80 to 160 steps
     # (fewer steps are not yet in the asymptotic range: a few points near the modes' borders dominate) and an error
@@ -142,6 +143,11 @@ def test_dpm_solver_converges_to_the_ode_solution_at_second_order(sde):
     z = sde.prior_sampling((1000, 2), generator=torch.Generator().manual_seed(9))
     # DPM-Solver returns the denoised estimate at eps, so the reference is the ODE's solution denoised the same way.
     ref, _ = sample("ode", score, sde, z=z, progress=False, rtol=1e-8, atol=1e-8, method="DOP853", denoise=True)
-    err = {n: float((sample("dpm2m", score, sde, z=z, num_steps=n, progress=False)[0] - ref).pow(2).sum(1).mean().sqrt())
-           for n in (80, 160)}
+    err = {n: float((sample("dpm2m", score, sde, z=z, num_steps=n, progress=False, schedule=schedule)[0] - ref)
+                    .pow(2).sum(1).mean().sqrt()) for n in (80, 160)}
     assert err[160] < 0.005 and err[80] / err[160] > 2.8, err
+
+
+def test_dpm_solver_refuses_an_unknown_schedule():
+    with pytest.raises(ValueError, match="schedule must be"):
+        sample("dpm2m", _score(VESDE()), VESDE(), (2, 2), num_steps=3, schedule="cosine", progress=False)
