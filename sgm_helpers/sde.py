@@ -135,11 +135,6 @@ class SDE(abc.ABC):
         t = _as_tensor(t, x0.device)
         return _batch_view(self.mean_coeff(t), x0) * x0, self.marginal_prob_std(t)
 
-    def perturb(self, x0: torch.Tensor, t, z: torch.Tensor) -> torch.Tensor:
-        """x(t) = alpha(t) x(0) + std(t) z: a draw from p_0t(x(t) | x(0)) given the noise ``z``."""
-        mean, std = self.marginal_prob(x0, t)
-        return mean + _batch_view(std, x0) * z
-
     def transition_kernel(self, s, t) -> tuple[torch.Tensor, torch.Tensor]:
         """The kernel from time s to a later time t: x(t) | x(s) ~ N(a x(s), b^2 I), returned as ``(a, b)``.
 
