@@ -4,19 +4,22 @@ Score-based generative modeling through SDEs (Song et al., ICLR 2021), one modul
 ``sde`` (VE, VP and sub-VP), ``models`` (the U-Net), ``losses`` (denoising and sliced score
 matching), ``data`` (MNIST), ``training``, ``samplers``, ``likelihood``, ``toy`` (exact scores),
 ``langevin``, ``classifier`` and ``metrics`` (sample quality), ``evaluation`` (the model card's pipeline),
+``controllable`` (guidance, inpainting, super-resolution),
 ``pretrained``, ``plotting``, ``utils``.
 """
 
 __version__ = "0.1.0"
 
 from .classifier import MNISTClassifier, classifier_accuracy, load_classifier, predict_proba, train_classifier
+from .controllable import block_means, cfg_score, classifier_guided_score, inpaint, super_resolve
 from .data import load_mnist
 from .langevin import annealed_langevin_dynamics, langevin_dynamics
 from .likelihood import (BPDResult, bits_per_dim, dequantize, evaluate_bpd, exact_divergence,
                          hutchinson_divergence, ode_likelihood)
-from .losses import dsm_loss, ssm_loss
+from .losses import dsm_loss, ssm_loss, time_classifier_loss
 from .metrics import SampleQuality, classifier_features, frechet_distance, sample_quality
-from .models import Dense, GaussianFourierProjection, ScoreNet, ToyScoreMLP, load_tutorial_checkpoint
+from .models import (NULL_CLASS, ConditionalScoreNet, Dense, GaussianFourierProjection, ScoreNet, TimeClassifier,
+                     ToyScoreMLP, load_tutorial_checkpoint)
 from .plotting import (animate_trajectories, image_grid, plot_density_and_score, plot_trajectories,
                        show_images)
 from .pretrained import available_models, load_pretrained, load_score_checkpoint, model_info, pretrained_sde
@@ -42,4 +45,6 @@ __all__ = [
     "load_pretrained", "pretrained_sde", "load_score_checkpoint", "available_models", "model_info",
     "MNISTClassifier", "train_classifier", "load_classifier", "predict_proba", "classifier_accuracy",
     "frechet_distance", "classifier_features", "sample_quality", "SampleQuality",
+    "inpaint", "super_resolve", "block_means", "classifier_guided_score", "cfg_score",
+    "ConditionalScoreNet", "TimeClassifier", "NULL_CLASS", "time_classifier_loss",
 ]

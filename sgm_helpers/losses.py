@@ -1,15 +1,21 @@
-"""Training objectives: denoising score matching (with likelihood weighting) and sliced score matching."""
+"""Training objectives: denoising score matching (with likelihood weighting, optionally class-conditional),
+sliced score matching, and the cross-entropy of a noise-conditional classifier."""
 
 from __future__ import annotations
 
-import torch
+import math
 
+import torch
+import torch.nn.functional as F
+
+from .models import NULL_CLASS
 from .sde import SDE, sde_of
 from .utils import check_eps, randn
 
 
 def dsm_loss(model, x: torch.Tensor, sde, eps: float = 1e-5, generator: torch.Generator | None = None, *,
-             likelihood_weighting: bool = False, importance_sampling: bool = False) -> torch.Tensor:
+             likelihood_weighting: bool = False, importance_sampling: bool = False, y: torch.Tensor | None = None,
+             p_uncond: float = 0.0) -> torch.Tensor:
     """The weighted denoising score matching loss, averaged over the batch.
 
     With x(t) = alpha(t) x + std(t) z drawn from the perturbation kernel, whose score is
@@ -26,6 +32,12 @@ def dsm_loss(model, x: torch.Tensor, sde, eps: float = 1e-5, generator: torch.Ge
       (:meth:`SDE.sample_importance_time`), which leaves the weight a constant: the same expectation,
       L = Z / (1 - eps) E || std s_theta + z ||^2, with far lower variance.
 
+    Class-conditional (``y`` given): the model is called as ``model(x(t), t, y)`` and learns
+    grad log p_t(x | y). With ``p_uncond`` > 0 each label is replaced by the null class (index
+    ``model.null_class``, default :data:`~sgm_helpers.models.NULL_CLASS` = 10) with that probability, so the
+    same network also learns the unconditional score: classifier-free guidance's label dropout.
+    Without ``y`` nothing changes (the same random draws, the same value).
+
     Args:
         model: score model ``(x [B, ...], t [B]) -> [B, ...]``.
         x: a batch of data ``[B, ...]``.
@@ -35,11 +47,21 @@ def dsm_loss(model, x: torch.Tensor, sde, eps: float = 1e-5, generator: torch.Ge
         eps: smallest time sampled, in (0, 1); std(t) -> 0 at t = 0, where the loss is ill-conditioned.
         generator: optional ``torch.Generator`` on ``x``'s device for t and z.
         likelihood_weighting, importance_sampling: see above.
+        y: optional class labels ``[B]`` (integers in 0..null_class - 1) for a class-conditional model.
+        p_uncond: probability in [0, 1] of dropping each label to the null class (needs ``y``).
     Returns:
         a scalar tensor: the per-example loss summed over the data dims, averaged over the batch.
     """
     sde = sde_of(sde) or sde
     eps = _check_loss_args(x, sde, eps, likelihood_weighting, importance_sampling)
+    null_class = getattr(model, "null_class", NULL_CLASS)
+    if y is not None:
+        y = check_labels(y, x, null_class)
+    if (isinstance(p_uncond, bool) or not isinstance(p_uncond, (int, float)) or not math.isfinite(p_uncond)
+            or not 0.0 <= p_uncond <= 1.0):
+        raise ValueError(f"p_uncond must be a probability in [0, 1], got {p_uncond!r}")
+    if p_uncond > 0 and y is None:
+        raise ValueError("p_uncond > 0 drops labels to the null class: it needs labels y=")
     u = torch.rand(x.shape[0], device=x.device, generator=generator)
     z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
     if importance_sampling:
@@ -48,13 +70,66 @@ def dsm_loss(model, x: torch.Tensor, sde, eps: float = 1e-5, generator: torch.Ge
     else:
         t = u * (1.0 - eps) + eps
         weight = sde.diffusion_coeff(t) ** 2 / sde.marginal_prob_std(t) ** 2 if likelihood_weighting else 1.0
+    x_t, std = _perturb(x, sde, t, z)
+    if y is None:
+        score = model(x_t, t)
+    else:
+        if p_uncond > 0:
+            drop = torch.rand(x.shape[0], device=x.device, generator=generator) < p_uncond
+            y = torch.where(drop, torch.full_like(y, null_class), y)
+        score = model(x_t, t, y)
+    return (weight * (score * std + z).pow(2).flatten(1).sum(1)).mean()
+
+
+def _perturb(x: torch.Tensor, sde, t: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x(t) = alpha(t) x + std(t) z, the perturbation kernel's draw, and std(t) shaped ``[B, 1, ...]``."""
     if isinstance(sde, SDE):
         mean, std = sde.marginal_prob(x, t)
     else:  # a bare t -> std(t) function: no drift, the mean is x
         mean, std = x, sde(t)
     std = std.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
-    score = model(mean + std * z, t)
-    return (weight * (score * std + z).pow(2).flatten(1).sum(1)).mean()
+    return mean + std * z, std
+
+
+def check_labels(y, x: torch.Tensor, num_classes: int, name: str = "y") -> torch.Tensor:
+    """Class labels for the batch ``x``: a ``[B]`` integer tensor with values in 0..num_classes - 1."""
+    if (not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool
+            or y.shape != (x.shape[0],)):
+        got = f"shape {tuple(y.shape)} dtype {y.dtype}" if isinstance(y, torch.Tensor) else repr(y)
+        raise ValueError(f"{name} must be a [B] = [{x.shape[0]}] integer tensor of class labels in "
+                         f"0..{num_classes - 1}, got {got}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{name} must hold class labels in 0..{num_classes - 1}, got values from "
+                         f"{int(y.min())} to {int(y.max())}")
+    return y.to(x.device, torch.long)
+
+
+def time_classifier_loss(classifier, x: torch.Tensor, y: torch.Tensor, sde, eps: float = 1e-5,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cross-entropy of a noise-conditional classifier on data perturbed by the SDE, averaged over the batch.
+
+        L = E_{t ~ U(eps, 1)} E_z [ -log softmax(classifier(x(t), t))[y] ],    x(t) = alpha(t) x + std(t) z
+
+    Its minimizer is log p_t(y | x(t)) up to a constant per x(t): the classifier that classifier guidance
+    differentiates (:func:`~sgm_helpers.controllable.classifier_guided_score`).
+
+    Args:
+        classifier: ``(x [B, ...], t [B]) -> logits [B, num_classes]``, e.g.
+            :class:`~sgm_helpers.models.TimeClassifier`.
+        x: a batch of data ``[B, ...]``; y: its labels ``[B]``, integers in 0..num_classes - 1.
+        sde: an SDE, or a ``marginal_prob_std`` function (then drift-free), as for :func:`dsm_loss`.
+        eps: smallest time sampled, in (0, 1).
+        generator: optional ``torch.Generator`` on ``x``'s device for t and z.
+    Returns:
+        a scalar tensor.
+    """
+    sde = sde_of(sde) or sde
+    eps = _check_loss_args(x, sde, eps, False, False)
+    y = check_labels(y, x, getattr(classifier, "num_classes", 10))
+    t = torch.rand(x.shape[0], device=x.device, generator=generator) * (1.0 - eps) + eps
+    z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    x_t, _ = _perturb(x, sde, t, z)
+    return F.cross_entropy(classifier(x_t, t), y)
 
 
 def _check_loss_args(x, sde, eps, likelihood_weighting, importance_sampling) -> float:

@@ -1,7 +1,8 @@
-"""Score networks: the tutorial's time-conditioned U-Net for 28x28 single-channel images, and a small MLP for 2-D toys.
+"""Networks: the tutorial's time-conditioned U-Net for 28x28 single-channel images, its class-conditional
+version, a noise-conditional classifier, and a small MLP for 2-D toys.
 
 Parameter names follow the original tutorial exactly, so a ``ckpt.pth`` it saved loads here
-(see :func:`load_tutorial_checkpoint`).
+(see :func:`load_tutorial_checkpoint`). All of them embed the time the same way (:func:`time_embedding`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,30 @@ class Dense(nn.Module):
         return self.dense(x)[..., None, None]
 
 
+NUM_CLASSES = 10  # MNIST's digits
+NULL_CLASS = NUM_CLASSES  # the label index of "no label" in ConditionalScoreNet (classifier-free guidance)
+
+
+def time_embedding(embed_dim: int) -> nn.Sequential:
+    """ScoreNet's time embedding: Gaussian Fourier features of t, then a linear layer, ``[B] -> [B, embed_dim]``.
+
+    (The swish that follows is applied by the network.) Keys ``0.W``, ``1.weight``, ``1.bias``, as in the tutorial.
+    """
+    return nn.Sequential(GaussianFourierProjection(embed_dim=embed_dim), nn.Linear(embed_dim, embed_dim))
+
+
+def _check_images_and_time(x: torch.Tensor, t, name: str) -> torch.Tensor:
+    """x must be ``[B, 1, 28, 28]``; t a float or ``[B]``. Returns t as a ``[B]`` tensor of x's dtype and device."""
+    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"{name} takes x of shape [B, 1, 28, 28], got {tuple(x.shape)}")
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.dim() == 0:
+        t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"{name} takes t as a float or a tensor of shape [B]={x.shape[0]}, got {tuple(t.shape)}")
+    return t
+
+
 class ScoreNet(nn.Module):
     """A U-Net s_theta(x, t) approximating the score grad_x log p_t(x) of 1x28x28 images.
 
@@ -75,7 +100,7 @@ class ScoreNet(nn.Module):
         self.marginal_prob_std = marginal_prob_std
         self.channels = channels
         self.embed_dim = embed_dim
-        self.embed = nn.Sequential(GaussianFourierProjection(embed_dim=embed_dim), nn.Linear(embed_dim, embed_dim))
+        self.embed = time_embedding(embed_dim)
         # Encoder: resolution goes down.
         self.conv1 = nn.Conv2d(1, channels[0], 3, stride=1, bias=False)
         self.dense1 = Dense(embed_dim, channels[0])
@@ -109,14 +134,11 @@ class ScoreNet(nn.Module):
         return F.silu(x)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
-            raise ValueError(f"ScoreNet takes x of shape [B, 1, 28, 28], got {tuple(x.shape)}")
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"ScoreNet takes t as a float or a tensor of shape [B]={x.shape[0]}, got {tuple(t.shape)}")
-        embed = self.act(self.embed(t))
+        t = _check_images_and_time(x, t, type(self).__name__)
+        return self._unet(x, t, self.act(self.embed(t)))
+
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        """The U-Net body, given the (activated) conditioning embedding ``[B, embed_dim]``."""
         h1 = self.act(self.gnorm1(self.conv1(x) + self.dense1(embed)))
         h2 = self.act(self.gnorm2(self.conv2(h1) + self.dense2(embed)))
         h3 = self.act(self.gnorm3(self.conv3(h2) + self.dense3(embed)))
@@ -126,6 +148,120 @@ class ScoreNet(nn.Module):
         h = self.act(self.tgnorm2(self.tconv2(torch.cat([h, h2], dim=1)) + self.dense7(embed)))
         h = self.tconv1(torch.cat([h, h1], dim=1))
         return h / self.marginal_prob_std(t)[:, None, None, None]
+
+
+_NO_LABELS = object()  # marks a ConditionalScoreNet call without its y argument
+
+
+class ConditionalScoreNet(ScoreNet):
+    """A class-conditional :class:`ScoreNet` s_theta(x, t, y) for classifier-free guidance (Ho and Salimans 2022).
+
+    A learned label embedding of ``num_classes + 1`` entries (the digits and one null class, index
+    ``num_classes`` = :data:`NULL_CLASS` = 10) is added to the time embedding before its swish:
+
+        embed = swish(Linear(Fourier(t)) + E[y])
+
+    and the U-Net is ScoreNet's, unchanged. Trained with labels replaced by the null class with some
+    probability (``dsm_loss(..., y=labels, p_uncond=0.1)``), one network gives both the conditional score
+    s(x, t, y) and the unconditional s(x, t, null). The embedding starts at zero, so an untrained network
+    ignores the label. The state dict is ScoreNet's plus ``label_embed.weight``.
+
+    Called as ``model(x [B, 1, 28, 28], t, y)`` with ``y`` an int or ``[B]`` integers in 0..num_classes
+    (``num_classes`` meaning unconditional), or None (all unconditional). ``y`` is required: a call without
+    it is a ValueError, so the network cannot be passed to a sampler by mistake (use
+    :func:`~sgm_helpers.controllable.cfg_score`).
+    """
+
+    def __init__(self, marginal_prob_std, channels=(32, 64, 128, 256), embed_dim: int = 256,
+                 num_classes: int = NUM_CLASSES):
+        super().__init__(marginal_prob_std, channels, embed_dim)
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.null_class = self.num_classes
+        self.label_embed = nn.Embedding(self.num_classes + 1, embed_dim)
+        nn.init.zeros_(self.label_embed.weight)
+
+    def forward(self, x: torch.Tensor, t, y=_NO_LABELS) -> torch.Tensor:
+        t = _check_images_and_time(x, t, type(self).__name__)
+        y = self.labels(y, x.shape[0], x.device)
+        return self._unet(x, t, self.act(self.embed(t) + self.label_embed(y)))
+
+    def labels(self, y, batch: int, device=None) -> torch.Tensor:
+        """``y`` (None, an int or ``[B]`` integers in 0..num_classes) as ``[B]`` int64 labels; None: the null class."""
+        allowed = (f"y must be class labels in 0..{self.num_classes - 1}, or {self.null_class} or None for the "
+                   "unconditional (null) class, as an int or a [B] integer tensor")
+        if y is _NO_LABELS:
+            raise ValueError(f"{type(self).__name__} needs labels: call it as model(x, t, y); {allowed}. "
+                             "To sample, wrap it with cfg_score(model, y, scale)")
+        if y is None:
+            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
+        if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)) or (
+                isinstance(y, torch.Tensor) and (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)):
+            raise ValueError(f"{allowed}; got {y!r}")
+        y = torch.as_tensor(y, dtype=torch.long, device=device)
+        if y.dim() == 0:
+            y = y.expand(batch)
+        if y.shape != (batch,):
+            raise ValueError(f"{allowed}; got shape {tuple(y.shape)} for a batch of {batch}")
+        if ((y < 0) | (y > self.null_class)).any():
+            raise ValueError(f"{allowed}; got values {sorted(set(y.tolist()))}")
+        return y
+
+
+class TimeClassifier(nn.Module):
+    """A noise-conditional classifier of x(t): logits of p_t(y | x(t)) for classifier guidance.
+
+    ScoreNet's encoder in small: the same time embedding (:func:`time_embedding`), added to the
+    features of each of three convolution blocks, then GroupNorm and swish; a global average pool and
+    a linear head.
+
+        [B,1,28,28] -> conv 3x3 -> [B,c0,26,26] -> conv 3x3/2 -> [B,c1,12,12] -> conv 3x3/2 -> [B,c2,5,5]
+                    -> mean over pixels -> [B,c2] -> linear -> [B,num_classes]
+
+    GroupNorm after every convolution makes the features independent of the input's overall scale, which
+    grows from ~0.3 (data) to std(1) (~10 for VE) along the SDE; the time embedding tells the network how
+    noisy x is. Trained with :func:`~sgm_helpers.losses.time_classifier_loss` (cross-entropy on images
+    perturbed by the SDE at t ~ U(eps, 1)).
+
+    Args:
+        channels: feature channels of the three blocks: positive multiples of 32 (GroupNorm with 32 groups;
+            the first block uses 4).
+        embed_dim: size of the time embedding (even).
+        num_classes: number of classes.
+
+    Called as ``classifier(x [B, 1, 28, 28], t)`` with ``t`` a float or ``[B]``; returns logits ``[B, num_classes]``.
+    """
+
+    def __init__(self, channels=(32, 64, 128), embed_dim: int = 128, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        channels = tuple(channels)
+        if (len(channels) != 3 or any(not isinstance(c, numbers.Integral) or isinstance(c, bool) or c < 32 or c % 32
+                                      for c in channels)):
+            raise ValueError(f"channels must be 3 positive multiples of 32 (GroupNorm uses 32 groups), "
+                             f"got {channels!r}")
+        self.channels = tuple(int(c) for c in channels)
+        self.embed_dim = check_positive_int(embed_dim, "embed_dim")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        c = self.channels
+        self.embed = time_embedding(embed_dim)
+        self.conv1 = nn.Conv2d(1, c[0], 3, stride=1, bias=False)
+        self.dense1 = Dense(embed_dim, c[0])
+        self.gnorm1 = nn.GroupNorm(4, num_channels=c[0])
+        self.conv2 = nn.Conv2d(c[0], c[1], 3, stride=2, bias=False)
+        self.dense2 = Dense(embed_dim, c[1])
+        self.gnorm2 = nn.GroupNorm(32, num_channels=c[1])
+        self.conv3 = nn.Conv2d(c[1], c[2], 3, stride=2, bias=False)
+        self.dense3 = Dense(embed_dim, c[2])
+        self.gnorm3 = nn.GroupNorm(32, num_channels=c[2])
+        self.head = nn.Linear(c[2], self.num_classes)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = _check_images_and_time(x, t, type(self).__name__)
+        act = F.silu
+        embed = act(self.embed(t))
+        h = act(self.gnorm1(self.conv1(x) + self.dense1(embed)))
+        h = act(self.gnorm2(self.conv2(h) + self.dense2(embed)))
+        h = act(self.gnorm3(self.conv3(h) + self.dense3(embed)))
+        return self.head(h.mean(dim=(2, 3)))
 
 
 class ToyScoreMLP(torch.nn.Module):

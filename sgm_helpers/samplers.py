@@ -212,8 +212,10 @@ def reverse_sde_sampler(score_model, sde, shape=None, *, predictor: str = "euler
         progress: show a ``tqdm.auto`` bar.
         callback: optional ``callback(step, t_next, x_mean)`` after every step (to record trajectories).
         step_hook: optional ``step_hook(step, t, t_next, x, one_step) -> (x, x_mean)`` that replaces the
-            plain ``x, x_mean = one_step(x)``: a place to modify the state around a step or to redo it
-            (inpainting replaces the known pixels there).
+            plain ``x, x_mean = one_step(x)``: a place to modify the state around a step or to redo it.
+            ``one_step(x, condition=f)`` applies ``f`` to the state before each of the step's score
+            evaluations (before the corrector and before the predictor): inpainting replaces the known
+            pixels there (:func:`~sgm_helpers.controllable.inpaint`).
         desc: the progress bar's label.
     Returns:
         the last step's noise-free mean ``x_mean`` (or its denoised version): the final noise
@@ -234,10 +236,11 @@ def reverse_sde_sampler(score_model, sde, shape=None, *, predictor: str = "euler
     for i in tqdm(range(num_steps), disable=not progress, desc=name):
         t, t_next = ts[i], ts[i + 1]
 
-        def one_step(x):
+        def one_step(x, condition=None):
             if corrector:
-                x = langevin_corrector_step(score_model, sde, x, t, snr, generator)
-            return predict(score_model, sde, x, t, t_next, generator)
+                x = langevin_corrector_step(score_model, sde, x if condition is None else condition(x), t, snr,
+                                            generator)
+            return predict(score_model, sde, x if condition is None else condition(x), t, t_next, generator)
 
         x, x_mean = one_step(x) if step_hook is None else step_hook(i, t, t_next, x, one_step)
         _check_step(x, i, float(t), name)

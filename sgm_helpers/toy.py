@@ -282,6 +282,29 @@ class GaussianMixture:
         log_prob_t.__doc__ = f"Exact log-density of {self!r} diffused to time t by {sde!r}: (x, t) -> [B]."
         return log_prob_t
 
+    def perturbed_log_posterior(self, sde):
+        """The exact noisy posterior of the components, log p_t(k | x), as a classifier ``(x [B, D], t) -> [B, K]``.
+
+        With the components as classes, p_t(k | x) is the responsibility of component k in the diffused
+        mixture p_t (weights w_k, means alpha(t) mu_k, variances alpha(t)^2 s_k^2 + std(t)^2):
+
+            log p_t(k | x) = log w_k + log N_k,t(x) - log p_t(x)
+
+        These are normalized log-probabilities, so they serve as the logits of a perfect time-dependent
+        classifier: grad_x log p_t(k | x) = grad_x log N_k,t(x) - grad_x log p_t(x), and
+        :func:`~sgm_helpers.controllable.classifier_guided_score` with scale 1 turns :meth:`perturbed_score`
+        into the exact score of component k alone. Differentiable (``torch.func.grad`` goes through it).
+        """
+        _check_sde(sde)
+
+        def log_posterior_t(x: torch.Tensor, t) -> torch.Tensor:
+            alpha, std = _alpha_std(sde, t, x)
+            return torch.log_softmax(self.component_log_probs(x, sigma=std, scale=alpha), dim=-1)
+
+        log_posterior_t.__doc__ = (f"Exact log p_t(component | x) of {self!r} diffused to time t by {sde!r}: "
+                                   "(x [B, D], t) -> [B, K].")
+        return log_posterior_t
+
 
 def _check_sde(sde) -> None:
     if not callable(getattr(sde, "marginal_prob_std", sde)):

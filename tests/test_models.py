@@ -255,3 +255,48 @@ def test_unreadable_or_missing_checkpoint(tmp_path):
     torch.save(torch.zeros(3), tensor_file)
     with pytest.raises(ValueError, match="does not hold a state dict"):
         load_tutorial_checkpoint(model, tensor_file)
+
+
+# --- the noise-conditional classifier and the class-conditional ScoreNet ------------------------------
+
+
+def test_time_classifier_shapes_parameters_and_time_dependence():
+    from sgm_helpers import TimeClassifier
+
+    torch.manual_seed(0)
+    clf = TimeClassifier().eval()
+    assert sum(p.numel() for p in clf.parameters()) < 200_000  # small next to ScoreNet's 1.1M
+    assert "embed.0.W" in clf.state_dict()  # ScoreNet's time embedding
+    x, t = _inputs(batch=3)
+    with torch.no_grad():
+        logits = clf(x, t)
+        assert logits.shape == (3, 10) and torch.isfinite(logits).all()
+        assert torch.equal(clf(x, 0.4), clf(x, torch.full((3,), 0.4)))
+        assert not torch.allclose(clf(x, 0.1), clf(x, 0.9))  # the time reaches the logits
+        _assert_close_to_scale(clf(x[1:2], t[1:2]), logits[1:2])  # examples are independent
+    assert TimeClassifier(channels=(32, 32, 64), embed_dim=32, num_classes=3)(x, t).shape == (3, 3)
+    with pytest.raises(ValueError, match=r"\[B, 1, 28, 28\]"):
+        clf(torch.zeros(2, 28, 28), 0.5)
+    with pytest.raises(ValueError, match="channels must be 3 positive multiples of 32"):
+        TimeClassifier(channels=(32, 64, 100))
+
+
+def test_conditional_scorenet_shapes_labels_and_state_dict():
+    from sgm_helpers import NULL_CLASS, ConditionalScoreNet
+
+    torch.manual_seed(0)
+    model = ConditionalScoreNet(SDE.marginal_prob_std).eval()
+    assert NULL_CLASS == 10 and model.label_embed.num_embeddings == 11
+    assert torch.all(model.label_embed.weight == 0)  # starts as the unconditional network
+    assert set(model.state_dict()) == set(ScoreNet(SDE.marginal_prob_std).state_dict()) | {"label_embed.weight"}
+    with torch.no_grad():
+        model.label_embed.weight.normal_()
+        x, t = _inputs(batch=3)
+        out = model(x, t, torch.tensor([0, 5, 10]))
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        assert torch.equal(model(x, t, 4), model(x, t, torch.tensor([4, 4, 4])))
+        assert not torch.allclose(model(x, t, 4), model(x, t, 5))  # the label reaches the score
+        _assert_close_to_scale(model(x[2:], t[2:], torch.tensor([10])), out[2:])
+    for bad in (torch.tensor([0, 1]), torch.tensor([0.0, 1.0, 2.0]), 11, -1):
+        with pytest.raises(ValueError, match=r"y must be class labels in 0\.\.9, or 10 or None"):
+            model(x, t, bad)

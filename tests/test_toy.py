@@ -266,3 +266,28 @@ def test_plot_and_animate_trajectories():
     with pytest.raises(ValueError, match="times"):
         animate_trajectories(traj, times=[0.0, 1.0])
     plt.close("all")
+
+
+# --- the exact noisy posterior of the components ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp"])
+def test_perturbed_log_posterior_is_bayes_rule_for_scores(sde_name):
+    # log p_t(k | x) is normalized and equals the diffused mixture's responsibilities, and
+    # grad log p_t(x) + grad log p_t(k | x) = grad log p_t(x | k): the score of component k alone, diffused.
+    from sgm_helpers import make_sde
+
+    sde = make_sde(sde_name)
+    m = mixture_3d()
+    x = torch.randn(40, 3, generator=gen(30), dtype=torch.float64) * 2
+    t = torch.rand(40, generator=gen(31), dtype=torch.float64) * 0.9 + 0.05
+    log_post = m.perturbed_log_posterior(sde)(x, t)
+    assert log_post.shape == (40, 2)
+    torch.testing.assert_close(torch.logsumexp(log_post, -1), torch.zeros(40, dtype=torch.float64))
+    t0 = float(t[0])
+    torch.testing.assert_close(log_post[:1].exp(), m.diffused(sde, t0).responsibilities(x[:1]))
+    for k in range(2):
+        xr = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(m.perturbed_log_posterior(sde)(xr, t)[:, k].sum(), xr)
+        alone = GaussianMixture(m.means[k:k + 1], m.stds[k:k + 1]).perturbed_score(sde)
+        torch.testing.assert_close(m.perturbed_score(sde)(x, t) + grad, alone(x, t))
