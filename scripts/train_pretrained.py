@@ -13,6 +13,11 @@ choices (EMA or raw weights, checkpoint, sampler settings); the test split is ne
 --time-budget stops at the end of the first epoch (or --chunk-steps) past that many seconds, with a
 checkpoint to resume from. --export writes the raw and EMA weights, with the run's settings, wall time
 and throughput, to one small file (what ``scripts/export_pretrained.py`` and the evaluation read).
+
+On several GPUs, the same command under torchrun (data-parallel, the same global --batch-size; rank 0
+prints, checkpoints, evaluates and exports):
+
+    torchrun --nproc_per_node=4 scripts/train_pretrained.py --out runs/mnist-ve25.pt
 """
 
 import argparse
@@ -27,6 +32,7 @@ import torch
 from sgm_helpers import ScoreNet, load_mnist, make_ema, make_sde, seed_everything, train
 from sgm_helpers.pretrained import checkpoint_state_dict, read_checkpoint
 from sgm_helpers.training import PRECISIONS
+from sgm_helpers.utils import broadcast_object, init_distributed, local_rank0_first
 
 
 def parse_args(argv=None):
@@ -71,7 +77,10 @@ def main(argv=None):
            else make_sde(args.sde, beta_min=args.beta_min, beta_max=args.beta_max))
     model = ScoreNet(sde.marginal_prob_std, channels=args.channels)
     ema = make_ema(model, args.ema_decay)
-    images, _ = load_mnist(train=True)
+    env = init_distributed(device)  # under torchrun: one process per GPU, rank 0 prints; a no-op otherwise
+    log = print if env.rank == 0 else (lambda *a, **k: None)
+    with local_rank0_first():  # one download per machine
+        images, _ = load_mnist(train=True)
     if not 0 <= args.holdout < len(images) or args.eval_holdout > args.holdout:
         raise SystemExit(f"error: --holdout must be in [0, {len(images)}) and at least --eval-holdout, "
                          f"got {args.holdout} and {args.eval_holdout}")
@@ -79,25 +88,29 @@ def main(argv=None):
     steps_per_epoch = math.ceil(len(images) / args.batch_size)
     total = args.epochs * steps_per_epoch
     chunk = args.chunk_steps or steps_per_epoch
-    print(f"training on the first {len(images)} MNIST training images ({args.holdout} held out) on {device}; "
-          f"{sde}; {vars(args)}", flush=True)
+    where = device if env.world_size == 1 else f"{env.world_size} processes ({device.type})"
+    log(f"training on the first {len(images)} MNIST training images ({args.holdout} held out) on {where}; "
+        f"{sde}; {vars(args)}", flush=True)
     settings = dict(batch_size=args.batch_size, lr=args.lr, ema_model=ema, seed=args.seed,
                     checkpoint_path=args.out, resume=True, progress=False, precision=args.precision, device=device,
                     likelihood_weighting=args.likelihood_weighting, importance_sampling=args.importance_sampling,
                     dequantize=args.dequantize)
     t0 = time.time()
-    done = int(read_checkpoint(args.out)["step"]) if Path(args.out).is_file() else 0
+    done = int(read_checkpoint(args.out)["step"]) if env.rank == 0 and Path(args.out).is_file() else 0
+    done = broadcast_object(done)  # only rank 0 needs to see the file
     start_step, losses = done, []
     while done < total:
         losses = train(model, images, sde, steps=min(done + chunk, total), **settings)
         done = len(losses)
-        elapsed = time.time() - t0
-        print(f"step {done}/{total} (epoch {done / steps_per_epoch:.2f}), mean loss of the last 500 steps "
-              f"{sum(losses[-500:]) / len(losses[-500:]):.3f}, {elapsed:.0f} s, "
-              f"{(done - start_step) / elapsed:.1f} steps/s", flush=True)
+        elapsed = broadcast_object(time.time() - t0)  # rank 0's clock decides for all
+        log(f"step {done}/{total} (epoch {done / steps_per_epoch:.2f}), mean loss of the last 500 steps "
+            f"{sum(losses[-500:]) / len(losses[-500:]):.3f}, {elapsed:.0f} s, "
+            f"{(done - start_step) / elapsed:.1f} steps/s", flush=True)
         if args.time_budget is not None and elapsed >= args.time_budget and done < total:
-            print(f"time budget of {args.time_budget:.0f} s reached at step {done}; rerun to resume", flush=True)
+            log(f"time budget of {args.time_budget:.0f} s reached at step {done}; rerun to resume", flush=True)
             break
+    if env.rank != 0:  # rank 0 alone reports, evaluates and exports
+        return
     wall = time.time() - t0
     info = {**{k: v for k, v in vars(args).items() if k not in ("out", "export", "threads", "device")},
             "command": command, "sde": sde.config(), "channels": args.channels, "seed": args.seed,
@@ -105,6 +118,7 @@ def main(argv=None):
             "wall_s_this_run": wall, "steps_per_s": (done - start_step) / wall if wall > 0 else None,
             "examples_per_s": (done - start_step) * args.batch_size / wall if wall > 0 else None,
             "train_images": len(images), "holdout": args.holdout, "device": str(device),
+            **({"processes": env.world_size} if env.world_size > 1 else {}),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "final_loss_last500_mean": sum(losses[-500:]) / max(len(losses[-500:]), 1)}
     ckpt = read_checkpoint(args.out)

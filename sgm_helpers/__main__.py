@@ -6,15 +6,19 @@
     python -m sgm_helpers evaluate
 
 ``sample``, ``bpd`` and ``evaluate`` use the score model shipped with the package
-("mnist-ve25", a VE SDE with sigma = 25) unless ``--checkpoint`` names another. Samplers come from
+("mnist-ve25", a VE SDE with sigma = 25) unless ``--checkpoint`` names another (a file, or ``-`` to read
+it from standard input: ``... --checkpoint - < ckpt.pt``). Samplers come from
 one registry (``sgm_helpers.samplers.SAMPLERS``: em, pc, ancestral, ode, heun); SDEs are chosen with
 ``--sde ve|vp|subvp``.
+``train`` runs unchanged under ``torchrun --nproc_per_node=N -m sgm_helpers train ...`` (data-parallel,
+the same global ``--batch-size``; rank 0 prints and writes the checkpoint).
 Bad arguments give a one-line ``error: ...`` on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -47,6 +51,20 @@ def _int_at_least(minimum: int):
 
 _positive_int, _nonnegative_int = _int_at_least(1), _int_at_least(0)
 
+STDIN = "-"
+
+
+def _checkpoint_file(text: str):
+    """An argparse type for --checkpoint: ``-`` (standard input) or an existing file (``~`` expanded)."""
+    if text == STDIN:
+        return STDIN
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"not a file: {text!r}")
+    return path
+
 
 def _positive_float(text: str) -> float:
     try:
@@ -76,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default: 0)")
     common.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--checkpoint", type=Path,
+    model.add_argument("--checkpoint", type=_checkpoint_file,
                        help="a checkpoint from 'train' (or the original tutorial's ckpt.pth) instead of the "
-                            "shipped model")
+                            "shipped model; '-' reads it from standard input")
     model.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
                        help="with --checkpoint: the EMA or the raw weights (auto: EMA if present)")
     model.add_argument("--model", default="mnist-ve25", help="name of a shipped model (default: mnist-ve25)")
@@ -199,17 +217,31 @@ def _score_model(args, device):
 
     wanted = _sde_from_args(args)
     if args.checkpoint is not None:
-        ckpt = read_checkpoint(args.checkpoint)
+        ckpt = read_checkpoint(_stdin_checkpoint() if args.checkpoint == STDIN else args.checkpoint)
+        name = "standard input" if args.checkpoint == STDIN else str(args.checkpoint)
         sde = resolve_sde(ckpt, wanted, f"--checkpoint {args.checkpoint}")
         which = resolve_checkpoint_weights(ckpt, args.weights)
         model = scorenet_from_state_dict(checkpoint_state_dict(ckpt, which), sde).to(device)
-        return model, sde, f"{args.checkpoint} ({which} weights, {sde})"
+        return model, sde, f"{name} ({which} weights, {sde})"
     sde = pretrained_sde(args.model)
     if wanted is not None and wanted != sde:
         raise ValueError(f"--model {args.model} was trained with {sde}, not --sde {args.sde} ({wanted})")
     model = load_pretrained(args.model, device=device)
     info = model_info(args.model)
     return model, sde, f"the shipped model {args.model!r} ({info.get('weights', '')} weights, {sde})"
+
+
+def _stdin_checkpoint() -> io.BytesIO:
+    """All of standard input, as the seekable binary file ``torch.load`` needs."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ValueError("--checkpoint - reads the checkpoint from standard input, which is a terminal here; "
+                         "pipe or redirect a file into it (--checkpoint - < ckpt.pt)")
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise ValueError("--checkpoint -: standard input is empty")
+    buffer = io.BytesIO(data)
+    buffer.name = "<stdin>"
+    return buffer
 
 
 def _load_split(args, train: bool):
@@ -247,33 +279,38 @@ def cmd_sample(args) -> int:
 def cmd_train(args) -> int:
     from .models import ScoreNet
     from .training import load_checkpoint, make_ema, train
-    from .utils import seed_everything
+    from .utils import broadcast_object, init_distributed, local_rank0_first, seed_everything
 
     device = _device(args)
+    env = init_distributed(device)  # under torchrun: one process per GPU, rank 0 prints; a no-op otherwise
+    say = print if env.rank == 0 else (lambda *a, **k: None)
     seed_everything(args.seed)  # also fixes the random Fourier features of the time embedding
     sde = _sde_from_args(args)
     model = ScoreNet(sde.marginal_prob_std)
     ema = make_ema(model, args.ema_decay)
-    images, _ = _load_split(args, train=True)
+    with local_rank0_first():  # one download per machine
+        images, _ = _load_split(args, train=True)
     total = args.epochs * -(-len(images) // args.batch_size)
-    if args.out.is_file():
-        done = int(load_checkpoint(args.out)["step"])
+    done = int(load_checkpoint(args.out)["step"]) if env.rank == 0 and args.out.is_file() else None
+    done = broadcast_object(done)  # only rank 0 needs to see the file
+    if done is not None:
         if done >= total:
-            print(f"{args.out} already holds {done} steps, at least --epochs {args.epochs} ({total} steps); "
-                  "give a larger --epochs to train on")
+            say(f"{args.out} already holds {done} steps, at least --epochs {args.epochs} ({total} steps); "
+                "give a larger --epochs to train on")
             return 0
-        print(f"resuming from {args.out} (step {done} of {total})")
-    print(f"training on {len(images)} MNIST training images for {args.epochs} epochs on {device}; "
-          f"checkpoint: {args.out}")
+        say(f"resuming from {args.out} (step {done} of {total})")
+    where = device if env.world_size == 1 else f"{env.world_size} processes ({device.type})"
+    say(f"training on {len(images)} MNIST training images for {args.epochs} epochs on {where}; "
+        f"checkpoint: {args.out}")
     losses = train(model, images, sde, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    device=device, checkpoint_path=args.out, ema_model=ema, seed=args.seed, resume=True,
                    progress=not args.no_progress, precision=args.precision,
                    likelihood_weighting=args.likelihood_weighting, importance_sampling=args.importance_sampling,
                    dequantize=args.dequantize)
     tail = losses[-100:]
-    print(f"saved {args.out}: {len(losses)} steps, mean loss of the last {len(tail)} steps "
-          f"{sum(tail) / max(len(tail), 1):.2f}")
-    print(f"draw samples with: python -m sgm_helpers sample --checkpoint {args.out}  (the checkpoint records {sde})")
+    say(f"saved {args.out}: {len(losses)} steps, mean loss of the last {len(tail)} steps "
+        f"{sum(tail) / max(len(tail), 1):.2f}")
+    say(f"draw samples with: python -m sgm_helpers sample --checkpoint {args.out}  (the checkpoint records {sde})")
     return 0
 
 

@@ -2,16 +2,23 @@
 
 Batches are slices of one in-memory tensor (the whole of MNIST is 188 MB as float32), shuffled
 by a seeded permutation per epoch: no DataLoader, no per-image PIL transform.
+
+Under ``torchrun`` the same loop runs data-parallel (DistributedDataParallel): every process draws the
+same permutation, takes its own slice of each global batch, and the gradients are averaged across
+processes, so a step still sees ``batch_size`` examples in all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
@@ -19,7 +26,8 @@ from .likelihood import dequantize as dequantize_images
 from .losses import _check_loss_args, dsm_loss
 from .models import load_tutorial_checkpoint
 from .sde import sde_of
-from .utils import check_finite, check_positive, check_positive_int, model_device, read_torch_file
+from .utils import (DistEnv, broadcast_object, check_finite, check_positive, check_positive_int, dist_device,
+                    dist_env, init_distributed, model_device, read_torch_file)
 
 CHECKPOINT_FORMAT = "sgm_helpers.checkpoint/1"
 PRECISIONS = ("float32", "bfloat16")
@@ -55,6 +63,72 @@ def _check_resume_config(path, saved: dict | None, config: dict) -> None:
     if diff:
         raise ValueError(f"cannot resume from {path}: it was written with other settings ({'; '.join(diff)}); "
                          "resume with the same settings or write to a new checkpoint_path")
+
+
+# --- data parallelism under torchrun: each process's share of a step, its noise, the checkpoint it resumes from
+
+
+def _local_batch(batch: torch.Tensor, env: DistEnv) -> tuple[torch.Tensor, float]:
+    """This process's indices of the global ``batch``, and its loss's share ``W m_r / m`` of the batch mean.
+
+    Process r of W takes the r-th of W contiguous slices; DDP averages the W gradients, so weighting each
+    slice's mean loss by W m_r / m (m_r of its m examples) gives the gradient of the global batch's mean loss,
+    ragged last batch included. A process left without examples (m < W) runs one with weight 0.
+    """
+    if env.world_size == 1:
+        return batch, 1.0
+    m = len(batch)
+    lo, hi = env.rank * m // env.world_size, (env.rank + 1) * m // env.world_size
+    if lo == hi:
+        return batch[:1], 0.0
+    return batch[lo:hi], env.world_size * (hi - lo) / m
+
+
+def _noise_seed(seed: int, rank: int) -> int:
+    """Process 0 (and a single process) draws its noise from ``seed``; process r > 0 from a stream of its own.
+
+    The CPU generator (Mersenne Twister) keeps only the low 32 bits of a seed, so the ranks' seeds differ there:
+    steps of 0x9E3779B9, an odd number, give 2^32 distinct seeds modulo 2^32.
+    """
+    return seed if rank == 0 else (seed + rank * 0x9E3779B9) % 2**32
+
+
+def _gather_rng(generator: torch.Generator, env: DistEnv) -> list[torch.Tensor]:
+    """Every process's generator state, in rank order (a collective: all processes call it)."""
+    if env.world_size == 1:
+        return [generator.get_state()]
+    states = [None] * env.world_size
+    dist.all_gather_object(states, generator.get_state().cpu())
+    return states
+
+
+def _saved_rng(ckpt: dict, device: torch.device, env: DistEnv) -> torch.Tensor | None:
+    """This process's noise-generator state in a checkpoint, if it holds one for it (same device type)."""
+    if ckpt.get("rng_device_type") != device.type:
+        return None
+    states = ckpt.get("rng_ranks") or [ckpt.get("rng")]    # "rng_ranks": written by a run on several processes
+    return states[env.rank].cpu() if env.rank < len(states) and states[env.rank] is not None else None
+
+
+def _read_resume_checkpoint(path, device: torch.device, env: DistEnv) -> dict | None:
+    """The checkpoint at ``path``, or None if there is none. Under torchrun rank 0 reads the file and sends
+    it to the others, so only rank 0 needs to see it (a node-local disk is enough)."""
+    if env.world_size == 1:
+        return load_checkpoint(path, map_location=device) if Path(path).is_file() else None
+    blob = broadcast_object(Path(path).read_bytes() if env.rank == 0 and Path(path).is_file() else None)
+    if blob is None:
+        return None
+    buffer = io.BytesIO(blob)
+    buffer.name = str(path)                                  # for error messages
+    return load_checkpoint(buffer, map_location=device)
+
+
+def _global_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """The global batch mean of each step's loss: the processes' weighted shares (:func:`_local_batch`), averaged."""
+    if env.world_size == 1:
+        return values
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)      # gloo has no ReduceOp.AVG
+    return values / env.world_size
 
 
 def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps: int | None = None,
@@ -94,6 +168,17 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
             that the bits/dim evaluation (which dequantizes the same way) measures. ``data`` must be
             8-bit images scaled to [0, 1].
         The SDE and these three settings are recorded in the checkpoint; resuming with others is refused.
+
+    Under ``torchrun --nproc_per_node=W`` (any number of nodes) the call runs unchanged on every process: it
+    joins torchrun's process group (:func:`~sgm_helpers.utils.init_distributed`: NCCL on CUDA, gloo on CPUs;
+    or uses one the caller made), wraps the model in ``DistributedDataParallel``, and gives each process a
+    disjoint slice of every global batch of ``batch_size`` examples (``batch_size`` must be divisible by W),
+    so an epoch is the same steps as on one process and each step's gradient is the global batch's. A CUDA
+    ``device`` means ``cuda:LOCAL_RANK``. Each process draws its own noise (process 0 from ``seed``, as a
+    single process does), so the loss curve is not bit for bit the single-process one. The returned losses
+    are global batch means, the same on every process; every process keeps the EMA (the same numbers
+    everywhere); only rank 0 shows the progress bar and writes ``checkpoint_path``, and only rank 0 needs to
+    see that file to resume (on another number of processes too).
     Returns:
         the loss of every step since the start of training (including resumed steps), as floats.
     """
@@ -112,7 +197,10 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
     check_finite(data, "data")
     if dequantize and (data.min() < 0 or data.max() > 1):
         raise ValueError("dequantize=True needs data that are 8-bit images scaled to [0, 1] (pixel / 255)")
-    device = model_device(model, device)
+    if batch_size % dist_env().world_size:
+        raise ValueError(f"batch_size={batch_size} (the global batch) must be divisible by the number of torchrun "
+                         f"processes, WORLD_SIZE={dist_env().world_size}")
+    device = dist_device(model_device(model, device))
     model.to(device).train()
     data = data.to(device, torch.float32)
     n = len(data)
@@ -126,36 +214,47 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
                   sde=known_sde.config() if known_sde is not None else "custom marginal_prob_std",
                   likelihood_weighting=bool(likelihood_weighting), importance_sampling=bool(importance_sampling),
                   dequantize=bool(dequantize))
+    env = init_distributed(device)                      # under torchrun: join its process group (once)
+    net = model                                          # what the loss calls; under torchrun, DDP around it
+    if env.world_size > 1:                               # averages the processes' gradients during backward()
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    noise_gen = torch.Generator(device=device).manual_seed(seed)
+    noise_gen = torch.Generator(device=device).manual_seed(_noise_seed(seed, env.rank))
     step, losses = 0, []
-    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
-        ckpt = load_checkpoint(checkpoint_path, map_location=device)
+    ckpt = _read_resume_checkpoint(checkpoint_path, device, env) if resume and checkpoint_path else None
+    if ckpt is not None:
         _check_resume_config(checkpoint_path, ckpt.get("config"), config)
         _load_states(ckpt, model, optimizer, ema_model)
         step, losses = int(ckpt["step"]), list(ckpt.get("losses", []))
-        if ckpt.get("rng") is not None and ckpt.get("rng_device_type") == device.type:
-            noise_gen.set_state(ckpt["rng"].cpu())
+        if (state := _saved_rng(ckpt, device, env)) is not None:
+            noise_gen.set_state(state)
 
     def save():
-        if checkpoint_path is not None:
+        if checkpoint_path is None:
+            return
+        rngs = _gather_rng(noise_gen, env)                  # every process calls save()
+        if env.rank == 0:
             save_checkpoint(checkpoint_path, model, optimizer=optimizer, ema_model=ema_model, step=step,
-                            losses=losses, rng=noise_gen.get_state(), rng_device_type=device.type,
-                            config=dict(config, total_steps=total))
+                            losses=losses, rng=rngs[0], rng_device_type=device.type,
+                            config=dict(config, total_steps=total),
+                            **({"rng_ranks": rngs} if env.world_size > 1 else {}))
 
-    bar = tqdm(total=total, initial=step, disable=not progress, desc="train", unit="step")
+    bar = tqdm(total=total, initial=step, disable=not progress or env.rank != 0, desc="train", unit="step")
     pending: list[torch.Tensor] = []
     perm, perm_epoch = None, -1
     while step < total:
         epoch, k = divmod(step, steps_per_epoch)
         if epoch != perm_epoch:
             perm, perm_epoch = _epoch_permutation(n, seed, epoch).to(device), epoch
-        x = data[perm[k * batch_size:(k + 1) * batch_size]]
+        batch, share = _local_batch(perm[k * batch_size:(k + 1) * batch_size], env)
+        x = data[batch]
         if dequantize:
             x = dequantize_images(x, noise_gen)
         with _autocast(device, precision):
-            loss = dsm_loss(model, x, loss_sde, eps=eps, generator=noise_gen, likelihood_weighting=likelihood_weighting,
+            loss = dsm_loss(net, x, loss_sde, eps=eps, generator=noise_gen, likelihood_weighting=likelihood_weighting,
                             importance_sampling=importance_sampling)
+        if share != 1.0:                                     # under torchrun: this process's part of the mean
+            loss = loss * share
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -164,7 +263,7 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
         pending.append(loss.detach())
         step += 1
         if len(pending) == log_every or step == total or step % steps_per_epoch == 0:
-            chunk = torch.stack(pending).tolist()
+            chunk = _global_mean(torch.stack(pending), env).tolist()
             pending.clear()
             bad = [i for i, v in enumerate(chunk) if not math.isfinite(v)]
             if bad:

@@ -1,15 +1,20 @@
-"""Small shared helpers: device choice, seeding, argument checks."""
+"""Small shared helpers: device choice, seeding, argument checks, torchrun's process group."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import math
 import os
 import random
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 
 def get_device() -> torch.device:
@@ -132,7 +137,7 @@ def read_torch_file(source, *, map_location="cpu", what: str = "checkpoint") -> 
             raise FileNotFoundError(f"{what} not found: {source}")
         name = str(source)
     elif hasattr(source, "read") and hasattr(source, "seek"):
-        name = f"the file object {type(source).__name__}"
+        name = str(getattr(source, "name", "") or f"the file object {type(source).__name__}")
     else:
         raise ValueError(f"{what} must be a path or an open binary file, got {type(source).__name__}")
     try:
@@ -143,3 +148,94 @@ def read_torch_file(source, *, map_location="cpu", what: str = "checkpoint") -> 
         raise ValueError(f"{what} {name} does not hold a state dict or a checkpoint: got {type(obj).__name__}, "
                          "not a dict")
     return dict(obj)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch.distributed, as torchrun sets it up: one process per GPU (or several on CPUs), found through the
+# environment variables RANK, WORLD_SIZE and LOCAL_RANK. Outside torchrun everything here is a no-op.
+
+
+class DistEnv(NamedTuple):
+    """This process's place among torchrun's processes: ``rank`` in 0..world_size - 1, ``local_rank`` on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+def _group_running() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def dist_env() -> DistEnv:
+    """The process group's rank and size, else torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, else (0, 1, 0)."""
+    if _group_running():
+        env = DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        env = DistEnv(*(int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))))
+    return env if env.world_size > 1 else DistEnv()    # a stray RANK without WORLD_SIZE is one process
+
+
+def dist_device(device) -> torch.device:
+    """The device this process trains on: under torchrun a CUDA device is ``cuda:LOCAL_RANK`` (one GPU a process)."""
+    device = torch.device(device)
+    env = dist_env()
+    if env.world_size > 1 and device.type == "cuda":
+        return torch.device("cuda", env.local_rank)
+    return device
+
+
+def init_distributed(device="cpu") -> DistEnv:
+    """Join torchrun's process group, once per process; returns this process's :class:`DistEnv`.
+
+    Started by torchrun with WORLD_SIZE > 1 and no group yet, this makes the default process group: NCCL
+    for a CUDA ``device`` (each process on ``cuda:LOCAL_RANK``), gloo otherwise. It lives until the process
+    exits, when it is destroyed (re-creating a destroyed group is unreliable in torch.distributed, so
+    repeated calls, such as one ``train()`` per chunk of steps, share one group). Otherwise nothing happens:
+    a plain ``python`` run, ``torchrun --nproc_per_node=1``, or a group that the caller made and destroys.
+    """
+    env = dist_env()
+    if env.world_size == 1 or _group_running():
+        return env
+    device = dist_device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    atexit.register(_destroy_at_exit)
+    return dist_env()
+
+
+def _destroy_at_exit() -> None:
+    # Not after an uncaught exception (sys.last_value): the other processes may be waiting in a collective
+    # that NCCL's teardown would wait for too; torchrun stops them when this process exits.
+    if _group_running() and getattr(sys, "last_value", None) is None:
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj):
+    """``obj`` as rank 0 has it, on every process (a pickled copy); ``obj`` itself outside a process group.
+
+    For what only rank 0 reads (a checkpoint file, the clock) and every process must agree on.
+    """
+    if not _group_running() or dist_env().world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextlib.contextmanager
+def local_rank0_first():
+    """Run the block on each node's first process (LOCAL_RANK 0) before the others, as for a download.
+
+    Every process must enter the block (it holds one barrier); outside a process group it just runs.
+    """
+    env = dist_env()
+    synchronized = env.world_size > 1 and _group_running()
+    if synchronized and env.local_rank != 0:
+        dist.barrier()
+    yield
+    if synchronized and env.local_rank == 0:
+        dist.barrier()

@@ -1,3 +1,4 @@
+import io
 import subprocess
 import sys
 
@@ -199,3 +200,55 @@ def test_importance_sampling_without_likelihood_weighting_on_the_command_line(tm
                              "--out", out, "--batch-size", "4", "--epochs", "1", "--importance-sampling"], capsys)
     assert_one_line_error(code, err)
     assert "importance_sampling" in err and not out.exists()
+
+
+# --- --checkpoint: a path (``~`` expanded) or ``-`` for standard input ----------------------------------------
+
+
+def _stdin_from(monkeypatch, data: bytes, tty: bool = False):
+    stream = io.TextIOWrapper(io.BytesIO(data))
+    if tty:
+        stream.isatty = lambda: True
+    monkeypatch.setattr(sys, "stdin", stream)
+
+
+def _sample_argv(checkpoint, out):
+    return ["sample", "--checkpoint", checkpoint, "--sigma", "10", "--sampler", "em", "--steps", "2", "--n", "2",
+            "--device", "cpu", "--out", out, "--no-progress"]
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = ScoreNet(VESDE(10.0).marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=16)
+    return save_checkpoint(tmp_path / "ckpt.pt", model, ema_model=make_ema(model), step=0)
+
+
+def test_checkpoint_from_standard_input_gives_the_same_samples_as_the_file(tmp_path, tiny_checkpoint, capsys,
+                                                                          monkeypatch):
+    code, _, _ = run_main(_sample_argv(tiny_checkpoint, tmp_path / "file.png"), capsys)
+    assert code == 0
+    _stdin_from(monkeypatch, tiny_checkpoint.read_bytes())
+    code, stdout, _ = run_main(_sample_argv("-", tmp_path / "stdin.png"), capsys)
+    assert code == 0 and "from standard input (ema weights, VESDE(sigma=10))" in stdout
+    assert (tmp_path / "stdin.png").read_bytes() == (tmp_path / "file.png").read_bytes()
+
+
+def test_checkpoint_path_with_a_tilde(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    code, stdout, _ = run_main(_sample_argv("~/ckpt.pt", tmp_path / "s.png"), capsys)
+    assert code == 0 and str(tiny_checkpoint) in stdout
+
+
+def test_checkpoint_errors_name_the_argument(tmp_path, capsys, monkeypatch):
+    for where, expected in ((tmp_path / "missing.pt", "no such file"), (tmp_path, "not a file")):
+        code, _, err = run_main(_sample_argv(where, tmp_path / "s.png"), capsys)
+        assert_one_line_error(code, err)
+        assert "--checkpoint" in err and expected in err and str(where) in err
+    for data, tty, expected in ((b"", False, "standard input is empty"), (b"", True, "is a terminal"),
+                                (b"not a checkpoint", False, "cannot read checkpoint <stdin>")):
+        _stdin_from(monkeypatch, data, tty)
+        code, _, err = run_main(_sample_argv("-", tmp_path / "s.png"), capsys)
+        assert_one_line_error(code, err)
+        assert expected in err and ("--checkpoint" in err or "<stdin>" in err)
+    assert not (tmp_path / "s.png").exists()
