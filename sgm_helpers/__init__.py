@@ -1,7 +1,7 @@
 """sgm_helpers: the implementations behind the sgm-notebooks teaching series.
 
 Score-based generative modeling through SDEs (Song et al., ICLR 2021), one module per concept:
-``sde`` (VE, VP and sub-VP), ``models`` (the U-Net), ``losses`` (denoising and sliced score
+``sde`` (VE, VP and sub-VP), ``models`` (the tutorial's U-Net and a modern one), ``losses`` (denoising and sliced score
 matching), ``data`` (MNIST), ``training``, ``samplers``, ``likelihood``, ``toy`` (exact scores),
 ``langevin``, ``classifier`` and ``metrics`` (sample quality), ``evaluation`` (the model card's pipeline),
 ``controllable`` (guidance, inpainting, super-resolution),
@@ -19,7 +19,7 @@ from .likelihood import (BPDResult, bits_per_dim, dequantize, evaluate_bpd, exac
 from .losses import dsm_loss, ssm_loss, time_classifier_loss
 from .metrics import SampleQuality, classifier_features, frechet_distance, sample_quality
 from .models import (NULL_CLASS, ConditionalScoreNet, Dense, GaussianFourierProjection, ScoreNet, TimeClassifier,
-                     ToyScoreMLP, load_tutorial_checkpoint)
+                     ToyScoreMLP, UNet, load_tutorial_checkpoint)
 from .plotting import (animate_trajectories, image_grid, plot_density_and_score, plot_trajectories,
                        show_images)
 from .pretrained import available_models, load_pretrained, load_score_checkpoint, model_info, pretrained_sde
@@ -46,5 +46,5 @@ __all__ = [
     "MNISTClassifier", "train_classifier", "load_classifier", "predict_proba", "classifier_accuracy",
     "frechet_distance", "classifier_features", "sample_quality", "SampleQuality",
     "inpaint", "super_resolve", "block_means", "classifier_guided_score", "cfg_score",
-    "ConditionalScoreNet", "TimeClassifier", "NULL_CLASS", "time_classifier_loss",
+    "ConditionalScoreNet", "TimeClassifier", "NULL_CLASS", "time_classifier_loss", "UNet",
 ]

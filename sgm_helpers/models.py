@@ -1,7 +1,8 @@
 """Networks: the tutorial's time-conditioned U-Net for 28x28 single-channel images, its class-conditional
-version, a noise-conditional classifier, and a small MLP for 2-D toys.
+version, a modern score network (:class:`UNet`: residual blocks, self-attention), a noise-conditional
+classifier, and a small MLP for 2-D toys.
 
-Parameter names follow the original tutorial exactly, so a ``ckpt.pth`` it saved loads here
+ScoreNet's parameter names follow the original tutorial exactly, so a ``ckpt.pth`` it saved loads here
 (see :func:`load_tutorial_checkpoint`). All of them embed the time the same way (:func:`time_embedding`).
 """
 
@@ -128,6 +129,11 @@ class ScoreNet(nn.Module):
         self.tgnorm2 = nn.GroupNorm(32, num_channels=channels[0])
         self.tconv1 = nn.ConvTranspose2d(channels[0] + channels[0], 1, 3, stride=1)
 
+    @property
+    def architecture(self) -> dict:
+        """The class name and constructor arguments (JSON-ready), from which a manifest or checkpoint rebuilds it."""
+        return {"class": type(self).__name__, "channels": list(self.channels), "embed_dim": self.embed_dim}
+
     @staticmethod
     def act(x: torch.Tensor) -> torch.Tensor:
         """Swish, x * sigmoid(x)."""
@@ -150,7 +156,7 @@ class ScoreNet(nn.Module):
         return h / self.marginal_prob_std(t)[:, None, None, None]
 
 
-_NO_LABELS = object()  # marks a ConditionalScoreNet call without its y argument
+_NO_LABELS = object()  # marks a class-conditional network called without its y argument
 
 
 class ConditionalScoreNet(ScoreNet):
@@ -185,26 +191,40 @@ class ConditionalScoreNet(ScoreNet):
         y = self.labels(y, x.shape[0], x.device)
         return self._unet(x, t, self.act(self.embed(t) + self.label_embed(y)))
 
+    @property
+    def architecture(self) -> dict:
+        return {**super().architecture, "num_classes": self.num_classes}
+
     def labels(self, y, batch: int, device=None) -> torch.Tensor:
         """``y`` (None, an int or ``[B]`` integers in 0..num_classes) as ``[B]`` int64 labels; None: the null class."""
-        allowed = (f"y must be class labels in 0..{self.num_classes - 1}, or {self.null_class} or None for the "
-                   "unconditional (null) class, as an int or a [B] integer tensor")
-        if y is _NO_LABELS:
-            raise ValueError(f"{type(self).__name__} needs labels: call it as model(x, t, y); {allowed}. "
-                             "To sample, wrap it with cfg_score(model, y, scale)")
-        if y is None:
-            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
-        if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)) or (
-                isinstance(y, torch.Tensor) and (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)):
-            raise ValueError(f"{allowed}; got {y!r}")
-        y = torch.as_tensor(y, dtype=torch.long, device=device)
-        if y.dim() == 0:
-            y = y.expand(batch)
-        if y.shape != (batch,):
-            raise ValueError(f"{allowed}; got shape {tuple(y.shape)} for a batch of {batch}")
-        if ((y < 0) | (y > self.null_class)).any():
-            raise ValueError(f"{allowed}; got values {sorted(set(y.tolist()))}")
-        return y
+        return class_labels(y, batch, self.num_classes, device, type(self).__name__)
+
+
+def class_labels(y, batch: int, num_classes: int, device=None, owner: str = "the model") -> torch.Tensor:
+    """The labels ``y`` of a class-conditional network's call, as ``[B]`` int64 in 0..num_classes.
+
+    ``y`` is an int or a ``[B]`` integer tensor of classes 0..num_classes - 1, or ``num_classes`` (the null
+    class) or None for unconditional (all null). A call without ``y`` (``_NO_LABELS``) is a ValueError.
+    """
+    null_class = num_classes
+    allowed = (f"y must be class labels in 0..{num_classes - 1}, or {null_class} or None for the "
+               "unconditional (null) class, as an int or a [B] integer tensor")
+    if y is _NO_LABELS:
+        raise ValueError(f"{owner} needs labels: call it as model(x, t, y); {allowed}. "
+                         "To sample, wrap it with cfg_score(model, y, scale)")
+    if y is None:
+        return torch.full((batch,), null_class, dtype=torch.long, device=device)
+    if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)) or (
+            isinstance(y, torch.Tensor) and (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)):
+        raise ValueError(f"{allowed}; got {y!r}")
+    y = torch.as_tensor(y, dtype=torch.long, device=device)
+    if y.dim() == 0:
+        y = y.expand(batch)
+    if y.shape != (batch,):
+        raise ValueError(f"{allowed}; got shape {tuple(y.shape)} for a batch of {batch}")
+    if ((y < 0) | (y > null_class)).any():
+        raise ValueError(f"{allowed}; got values {sorted(set(y.tolist()))}")
+    return y
 
 
 class TimeClassifier(nn.Module):
@@ -254,6 +274,12 @@ class TimeClassifier(nn.Module):
         self.gnorm3 = nn.GroupNorm(32, num_channels=c[2])
         self.head = nn.Linear(c[2], self.num_classes)
 
+    @property
+    def architecture(self) -> dict:
+        """The class name and constructor arguments (JSON-ready), from which a manifest or checkpoint rebuilds it."""
+        return {"class": type(self).__name__, "channels": list(self.channels), "embed_dim": self.embed_dim,
+                "num_classes": self.num_classes}
+
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         t = _check_images_and_time(x, t, type(self).__name__)
         act = F.silu
@@ -262,6 +288,179 @@ class TimeClassifier(nn.Module):
         h = act(self.gnorm2(self.conv2(h) + self.dense2(embed)))
         h = act(self.gnorm3(self.conv3(h) + self.dense3(embed)))
         return self.head(h.mean(dim=(2, 3)))
+
+
+NORM_GROUPS = 8  # GroupNorm's groups in UNet's blocks: its channel counts are multiples of 8
+
+
+class ResBlock(nn.Module):
+    """A residual block conditioned on an embedding (DDPM's, Ho et al. 2020), ``[B, c_in, H, W] -> [B, c_out, H, W]``:
+
+        h   = conv3x3(swish(GroupNorm(x))) + Linear(embed)     (the embedding, one number per channel)
+        h   = conv3x3(swish(GroupNorm(h)))
+        out = skip(x) + h                                     (skip: identity, or a 1x1 conv if c_in != c_out)
+
+    The second convolution starts at zero, so a new block passes its input through unchanged.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, embed_dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(NORM_GROUPS, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.dense = Dense(embed_dim, out_channels)
+        self.norm2 = nn.GroupNorm(NORM_GROUPS, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x))) + self.dense(embed)
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over the H*W positions of a feature map, with a residual connection:
+
+        q, k, v = 1x1 convs of GroupNorm(x), each seen as [B, HW, C]
+        out     = x + proj(softmax(q k^T / sqrt(C)) v)            (proj: a 1x1 conv that starts at zero)
+
+    Every position sees every other one: at 7x7, 49 positions, it is cheap, and it links the far corners
+    of a digit that the 3x3 convolutions of a small network do not reach. ``[B, C, H, W] -> [B, C, H, W]``.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(NORM_GROUPS, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, height * width).transpose(2, 3).unbind(1)
+        weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(c), dim=-1)       # [B, HW, HW]
+        h = (weights @ v).transpose(1, 2).reshape(b, c, height, width)
+        return x + self.proj(h)
+
+
+class UNet(nn.Module):
+    """A modern score network s_theta(x, t[, y]) for 1x28x28 images: residual blocks, attention, skip connections.
+
+    The architecture of DDPM (Ho et al. 2020) and of the paper's NCSN++/DDPM++ in small. With the default
+    ``channels=(16, 32, 96)`` (L = 3 levels, at 28x28, 14x14 and 7x7):
+
+        x [B,1,28,28] -> conv3x3 -> c0 channels
+        encoder, level i = 0..L-1:  (3x3 stride-2 conv to c_i, halving the size, for i > 0)
+                                    num_res_blocks ResBlocks at c_i -> skip_i
+        middle, at 7x7:             ResBlock, SelfAttention (if ``attention``), ResBlock
+        decoder, level i = L-1..0:  (2x2 stride-2 transposed conv to c_i, doubling the size, for i < L-1)
+                                    concatenate skip_i (2 c_i channels), num_res_blocks ResBlocks at c_i
+        GroupNorm, swish, conv3x3 -> [B,1,28,28], divided by marginal_prob_std(t)
+
+    Every :class:`ResBlock` (GroupNorm with 8 groups, swish) adds a learned projection of the embedding
+
+        embed = swish(Linear(Fourier(t)) [+ E[y]])
+
+    built by :func:`time_embedding` (the tutorial's Gaussian Fourier features), as in :class:`ScoreNet`.
+    As there, the output is divided by ``marginal_prob_std(t)``, the std of the SDE's perturbation kernel
+    (VE, VP or sub-VP alike): the score of p_0t(x(t) | x(0)) is -z / std(t), so the network predicts a
+    quantity of unit scale. The last convolution and the second one of each block start at zero, so a new
+    network outputs 0.
+
+    Class-conditional with ``num_classes`` (as :class:`ConditionalScoreNet`): a label embedding of
+    ``num_classes + 1`` entries (the last, index ``num_classes``, is the null class), starting at zero, is
+    added to the time embedding; the network is then called as ``model(x, t, y)`` (see
+    :func:`class_labels`; ``y`` is required) and serves classifier-free guidance. Without ``num_classes`` it
+    is unconditional, called as ``model(x, t)``.
+
+    The default is sized to train on one CPU core: 0.99M parameters (4 MB), about twice ScoreNet's time per
+    training step there (``benchmarks/networks.py``; numbers in ``benchmarks/RESULTS.md``). Its width sits at
+    7x7, where a weight costs 49 multiply-adds per image against 784 at 28x28. Wider networks, such as
+    ``channels=(32, 64, 128)`` (1.9M parameters, about 5x ScoreNet's step on a CPU), suit a GPU.
+
+    Args:
+        marginal_prob_std: t -> std(t) (for example ``VPSDE().marginal_prob_std``).
+        channels: feature channels of the 1 to 3 resolutions (28, 14, 7), each a positive multiple of 8.
+        num_res_blocks: residual blocks per resolution, in the encoder and in the decoder.
+        attention: self-attention in the middle, at the lowest resolution.
+        embed_dim: size of the time (and label) embedding, even.
+        num_classes: None (unconditional) or the number of classes.
+
+    Input ``x`` ``[B, 1, 28, 28]``, ``t`` a float or ``[B]``; output ``[B, 1, 28, 28]``.
+    """
+
+    def __init__(self, marginal_prob_std, channels=(16, 32, 96), num_res_blocks: int = 1, attention: bool = True,
+                 embed_dim: int = 128, num_classes: int | None = None):
+        super().__init__()
+        channels = tuple(channels)
+        if (not 1 <= len(channels) <= 3 or any(not isinstance(c, numbers.Integral) or isinstance(c, bool) or c < 1
+                                                 or c % NORM_GROUPS for c in channels)):
+            raise ValueError(f"channels must be 1 to 3 positive multiples of {NORM_GROUPS} (one per resolution: "
+                             f"28, 14, 7; GroupNorm uses {NORM_GROUPS} groups), got {channels!r}")
+        if not isinstance(attention, bool):
+            raise ValueError(f"attention must be True or False, got {attention!r}")
+        self.marginal_prob_std = marginal_prob_std
+        self.channels = tuple(int(c) for c in channels)
+        self.num_res_blocks = check_positive_int(num_res_blocks, "num_res_blocks")
+        self.attention = attention
+        self.embed_dim = check_positive_int(embed_dim, "embed_dim")
+        self.num_classes = None if num_classes is None else check_positive_int(num_classes, "num_classes")
+        c, n = self.channels, self.num_res_blocks
+        self.embed = time_embedding(embed_dim)
+        if self.num_classes is not None:
+            self.null_class = self.num_classes
+            self.label_embed = nn.Embedding(self.num_classes + 1, embed_dim)
+            nn.init.zeros_(self.label_embed.weight)
+        self.conv_in = nn.Conv2d(1, c[0], 3, padding=1)
+        self.encoder = nn.ModuleList(nn.ModuleList(ResBlock(ci, ci, embed_dim) for _ in range(n)) for ci in c)
+        self.downsample = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(c[:-1], c[1:]))
+        self.mid1 = ResBlock(c[-1], c[-1], embed_dim)
+        self.mid_attention = SelfAttention(c[-1]) if attention else nn.Identity()
+        self.mid2 = ResBlock(c[-1], c[-1], embed_dim)
+        self.upsample = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(c[:-1], c[1:]))
+        self.decoder = nn.ModuleList(
+            nn.ModuleList(ResBlock(2 * ci if k == 0 else ci, ci, embed_dim) for k in range(n)) for ci in c)
+        self.norm_out = nn.GroupNorm(NORM_GROUPS, c[0])
+        self.conv_out = nn.Conv2d(c[0], 1, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    @property
+    def architecture(self) -> dict:
+        """The class name and constructor arguments (JSON-ready), from which a manifest or checkpoint rebuilds it."""
+        return {"class": type(self).__name__, "channels": list(self.channels), "num_res_blocks": self.num_res_blocks,
+                "attention": self.attention, "embed_dim": self.embed_dim, "num_classes": self.num_classes}
+
+    def forward(self, x: torch.Tensor, t, y=_NO_LABELS) -> torch.Tensor:
+        name = type(self).__name__
+        t = _check_images_and_time(x, t, name)
+        embed = self.embed(t)
+        if self.num_classes is not None:
+            embed = embed + self.label_embed(class_labels(y, x.shape[0], self.num_classes, x.device, name))
+        elif y is not _NO_LABELS and y is not None:
+            raise ValueError(f"y: this {name} is unconditional (num_classes=None) and takes no labels; "
+                             f"got {y!r} (build it with num_classes=... for a class-conditional model)")
+        embed = F.silu(embed)
+        h = self.conv_in(x)
+        skips = []
+        for i, blocks in enumerate(self.encoder):
+            if i > 0:
+                h = self.downsample[i - 1](h)
+            for block in blocks:
+                h = block(h, embed)
+            skips.append(h)
+        h = self.mid2(self.mid_attention(self.mid1(h, embed)), embed)
+        for i in reversed(range(len(self.decoder))):
+            if i < len(self.decoder) - 1:
+                h = self.upsample[i](h)
+            h = torch.cat([h, skips.pop()], dim=1)
+            for block in self.decoder[i]:
+                h = block(h, embed)
+        h = self.conv_out(F.silu(self.norm_out(h)))
+        return h / self.marginal_prob_std(t)[:, None, None, None]
 
 
 class ToyScoreMLP(torch.nn.Module):

@@ -8,6 +8,12 @@ The registry is one JSON file, ``sgm_helpers/weights/manifest.json``, mapping a 
                     "training": {...}},
      "mnist-classifier": {"kind": "classifier", ...}}
 
+``architecture`` names the network's class and its constructor arguments (what ``model.architecture``
+returns); :data:`ARCHITECTURES` maps the class name to the class, so every kind is built the same way:
+score models (``ScoreNet``, ``UNet``), class-conditional ones (``ConditionalScoreNet``, ``UNet`` with
+``num_classes``), noise-conditional classifiers (``TimeClassifier``) and the evaluation classifier.
+``sde`` is the SDE a model was trained with (score models divide by its ``marginal_prob_std``).
+
 Every file is a plain state dict. Its sha256 is checked against the manifest before it is read,
 and it is read with ``torch.load(..., weights_only=True)``, so a corrupted or replaced file is
 refused instead of half-loaded.
@@ -16,6 +22,7 @@ refused instead of half-loaded.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Mapping
@@ -23,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from .models import ScoreNet, load_tutorial_checkpoint
+from .classifier import MNISTClassifier
+from .models import ConditionalScoreNet, ScoreNet, TimeClassifier, UNet, load_tutorial_checkpoint
 from .sde import SDE, VESDE, sde_of
 from .training import CHECKPOINT_FORMAT
 from .utils import get_device, read_torch_file
@@ -32,7 +40,11 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MANIFEST_NAME = "manifest.json"
 DEFAULT_MODEL = "mnist-ve25"
 CHECKPOINT_WEIGHTS = ("auto", "ema", "raw")
-SCORENET_BUFFERS = ("embed.0.W",)  # ScoreNet's only buffer: the fixed Fourier features, never trained
+# The only buffer of the networks here: the fixed Fourier features of the time embedding, never trained.
+SCORENET_BUFFERS = ("embed.0.W",)
+# Class name -> class, for the ``architecture`` fields of the manifest and of checkpoints. A constructor whose
+# first argument is ``marginal_prob_std`` (a score network) gets the model's SDE's.
+ARCHITECTURES = {cls.__name__: cls for cls in (ScoreNet, ConditionalScoreNet, UNet, TimeClassifier, MNISTClassifier)}
 
 
 def sha256_file(path) -> str:
@@ -111,34 +123,78 @@ def scorenet_architecture(state_dict: Mapping) -> dict:
     return {"channels": channels, "embed_dim": embed_dim}
 
 
-def scorenet_from_state_dict(state_dict: Mapping, sde: SDE) -> ScoreNet:
-    """A ``ScoreNet`` for ``sde`` of the architecture the state dict has, with its weights loaded, in eval mode."""
-    arch = scorenet_architecture(state_dict)
-    model = ScoreNet(sde.marginal_prob_std, channels=arch["channels"], embed_dim=arch["embed_dim"])
+def build_model(architecture: Mapping, sde: SDE | None = None) -> torch.nn.Module:
+    """A new (untrained) network from its architecture fields ``{"class": name, **constructor arguments}``.
+
+    ``name`` is a key of :data:`ARCHITECTURES`; a score network (a constructor taking ``marginal_prob_std``)
+    is built for ``sde``, which it then needs. Raises ``ValueError`` for an unknown class, fields the
+    constructor does not take, or a score network without an SDE.
+    """
+    if not isinstance(architecture, Mapping) or "class" not in architecture:
+        raise ValueError(f"architecture must be a dict with a 'class' entry (one of {sorted(ARCHITECTURES)}) and the "
+                         f"constructor's arguments, got {architecture!r}")
+    fields = dict(architecture)
+    name = fields.pop("class")
+    cls = ARCHITECTURES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown architecture class {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    signature = inspect.signature(cls)
+    if "marginal_prob_std" in signature.parameters:
+        if not isinstance(sde, SDE):
+            raise ValueError(f"sde: {name} is a score network, divided by its SDE's marginal_prob_std; "
+                             f"give that SDE (a VESDE, VPSDE or subVPSDE), got {sde!r}")
+        fields["marginal_prob_std"] = sde.marginal_prob_std
+    try:
+        signature.bind(**fields)
+    except TypeError as err:
+        raise ValueError(f"architecture fields {sorted(architecture)} do not fit {name}{signature}: {err}") from None
+    return cls(**fields)
+
+
+def model_from_state_dict(state_dict: Mapping, architecture: Mapping, sde: SDE | None = None) -> torch.nn.Module:
+    """The network ``architecture`` describes (see :func:`build_model`), with ``state_dict`` loaded, in eval mode.
+
+    Raises ``ValueError`` naming missing, unexpected or mis-shaped keys if the weights are not that network's.
+    """
+    model = build_model(architecture, sde)
     load_tutorial_checkpoint(model, state_dict)
     return model.eval()
 
 
+def scorenet_from_state_dict(state_dict: Mapping, sde: SDE) -> ScoreNet:
+    """A ``ScoreNet`` for ``sde`` of the architecture the state dict has, with its weights loaded, in eval mode."""
+    return model_from_state_dict(state_dict, {"class": "ScoreNet", **scorenet_architecture(state_dict)}, sde)
+
+
 def pretrained_sde(name: str = DEFAULT_MODEL) -> SDE:
-    """The SDE the shipped score model ``name`` was trained for, rebuilt from its manifest entry
-    (``VESDE(sigma=25)`` for ``"mnist-ve25"``)."""
-    return SDE.from_config(model_info(name, "score_model")["sde"])
+    """The SDE the shipped model ``name`` was trained for, rebuilt from its manifest entry
+    (``VESDE(sigma=25)`` for ``"mnist-ve25"``). Score models, class-conditional ones and noise-conditional
+    classifiers record one; asking for that of a model that records none (the evaluation classifier) is a
+    ``ValueError``, as is an unknown name (listing the known ones)."""
+    entry = model_info(name)
+    if not isinstance(entry.get("sde"), Mapping):
+        with_sde = ", ".join(repr(n) for n, e in sorted(read_manifest().items()) if isinstance(e.get("sde"), Mapping))
+        raise ValueError(f"the shipped {entry.get('kind', 'model')} {name!r} records no SDE; models with one: "
+                         f"{with_sde or 'none'}")
+    return SDE.from_config(entry["sde"])
 
 
-def load_pretrained(name: str = DEFAULT_MODEL, device=None) -> ScoreNet:
-    """The shipped score model ``name``: a ``ScoreNet`` in eval mode on ``device`` (default ``get_device()``).
+def load_pretrained(name: str = DEFAULT_MODEL, device=None) -> torch.nn.Module:
+    """The shipped model ``name``, built from its manifest entry, in eval mode on ``device`` (default ``get_device()``).
 
-    The file's sha256 is checked before it is read (``weights_only=True``). The model divides by
-    the ``marginal_prob_std`` of its SDE; get that SDE (for the samplers and the likelihood) with
-    :func:`pretrained_sde`::
+    The network is the entry's ``architecture`` (a ``ScoreNet`` for ``"mnist-ve25"``; a ``UNet``, a
+    ``ConditionalScoreNet``, a ``TimeClassifier``... for others: :data:`ARCHITECTURES`). The file's sha256 is
+    checked before it is read (``weights_only=True``). A score model divides by the ``marginal_prob_std`` of
+    its SDE; get that SDE (for the samplers and the likelihood) with :func:`pretrained_sde`::
 
         score_model, sde = load_pretrained(), pretrained_sde()
         x = pc_sampler(score_model, sde, (16, 1, 28, 28))
 
     Raises ``ValueError`` for an unknown name (listing the known ones) or a sha256 mismatch.
     """
-    sde = pretrained_sde(name)
-    model = scorenet_from_state_dict(load_weights(name, "score_model"), sde)
+    entry = model_info(name)
+    sde = pretrained_sde(name) if isinstance(entry.get("sde"), Mapping) else None
+    model = model_from_state_dict(load_weights(name), entry.get("architecture"), sde)
     return model.to(get_device() if device is None else torch.device(device))
 
 
@@ -194,6 +250,26 @@ def checkpoint_sde(ckpt: Mapping) -> SDE | None:
     return SDE.from_config(recorded) if isinstance(recorded, dict) else None
 
 
+def checkpoint_architecture(ckpt: Mapping) -> dict:
+    """The architecture fields of the network in a checkpoint (``{"class": ..., **constructor arguments}``).
+
+    The one its training config records (``config["architecture"]``, the model's ``architecture``), else,
+    for a tutorial ``ckpt.pth`` or a checkpoint that records none, a ``ScoreNet`` read off the weights'
+    shapes (``ValueError`` if they are not a ScoreNet's).
+    """
+    config = ckpt.get("config") if ckpt.get("format") == CHECKPOINT_FORMAT else None
+    recorded = (config or {}).get("architecture")
+    if isinstance(recorded, Mapping):
+        return dict(recorded)
+    return {"class": "ScoreNet", **scorenet_architecture(checkpoint_state_dict(ckpt, "raw"))}
+
+
+def checkpoint_model(ckpt: Mapping, sde: SDE | None, which: str = "auto") -> torch.nn.Module:
+    """The network held in a checkpoint dict, built by :func:`checkpoint_architecture` for ``sde``, with its
+    ``which`` weights (see :func:`checkpoint_state_dict`), in eval mode."""
+    return model_from_state_dict(checkpoint_state_dict(ckpt, which), checkpoint_architecture(ckpt), sde)
+
+
 def resolve_sde(ckpt: Mapping, sde=None, source: str = "the checkpoint") -> SDE:
     """The SDE to use with a checkpoint: the one it records, checked against ``sde`` if both are known.
 
@@ -208,16 +284,19 @@ def resolve_sde(ckpt: Mapping, sde=None, source: str = "the checkpoint") -> SDE:
     return recorded or wanted or VESDE(25.0)
 
 
-def load_score_checkpoint(path, *, sde=None, which: str = "auto", device=None) -> tuple[ScoreNet, SDE]:
+def load_score_checkpoint(path, *, sde=None, which: str = "auto",
+                          device=None) -> tuple[torch.nn.Module, SDE]:
     """Load a score model from a package checkpoint or a tutorial ``ckpt.pth``: returns ``(model, sde)``.
 
     Package checkpoints record their SDE, which is used (and ``sde``, if given, must match it). A
     tutorial ``ckpt.pth`` records none: give ``sde`` (default ``VESDE(25)``, the tutorial's).
-    ``which`` picks the EMA or raw weights (see :func:`checkpoint_state_dict`). The architecture is
-    read off the weights' shapes. Raises ``FileNotFoundError`` for a missing file and ``ValueError``
-    for one that cannot be read, holds no ``ScoreNet`` or was trained for another SDE.
+    ``which`` picks the EMA or raw weights (see :func:`checkpoint_state_dict`). The network is the one
+    the checkpoint's config records (a ``UNet``, a ``ConditionalScoreNet``...), else a ``ScoreNet`` read
+    off the weights' shapes (see :func:`checkpoint_architecture`). Raises ``FileNotFoundError`` for a
+    missing file and ``ValueError`` for one that cannot be read, whose weights do not fit the recorded
+    architecture (or, recording none, are not a ``ScoreNet``'s) or that was trained for another SDE.
     """
     ckpt = read_checkpoint(path)
     sde = resolve_sde(ckpt, sde, str(path))
-    model = scorenet_from_state_dict(checkpoint_state_dict(ckpt, which), sde)
+    model = checkpoint_model(ckpt, sde, which)
     return model.to(get_device() if device is None else torch.device(device)), sde

@@ -300,3 +300,159 @@ def test_conditional_scorenet_shapes_labels_and_state_dict():
     for bad in (torch.tensor([0, 1]), torch.tensor([0.0, 1.0, 2.0]), 11, -1):
         with pytest.raises(ValueError, match=r"y must be class labels in 0\.\.9, or 10 or None"):
             model(x, t, bad)
+
+
+# --- UNet: the modern score network -------------------------------------------------------------------
+
+
+def _moved_off_init(model, seed=0, scale=0.05):
+    """``model`` with every parameter moved by noise: its zero-initialized layers stop hiding the rest."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _small_unet(sde, **kw):
+    from sgm_helpers import UNet
+
+    torch.manual_seed(0)
+    return _moved_off_init(UNet(sde.marginal_prob_std, **{"channels": (8, 16, 24), "embed_dim": 16, **kw}))
+
+
+def _sdes():
+    from sgm_helpers import VPSDE, subVPSDE
+
+    return [VESDE(25.0), VPSDE(), subVPSDE()]
+
+
+@pytest.mark.parametrize("sde", _sdes(), ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("num_classes", [None, 10])
+def test_unet_shapes_and_output_divided_by_the_sdes_std(sde, num_classes):
+    model = _small_unet(sde, num_classes=num_classes)
+    x, t = _inputs(batch=3)
+    args = () if num_classes is None else (torch.tensor([0, 4, 10]),)
+    with torch.no_grad():
+        out = model(x, t, *args)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        assert torch.equal(model(x, 0.3, *args), model(x, torch.full((3,), 0.3), *args))
+        assert not torch.allclose(model(x, 0.1, *args), model(x, 0.9, *args))   # the time reaches the output
+        # out * std(t) is the network's own output: the same whichever SDE's std divides it.
+        other = VESDE(3.0)
+        a = out * sde.marginal_prob_std(t)[:, None, None, None]
+        model.marginal_prob_std = other.marginal_prob_std
+        b = model(x, t, *args) * other.marginal_prob_std(t)[:, None, None, None]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(sde.marginal_prob_std(t), other.marginal_prob_std(t))
+
+
+def test_unet_defaults_size_and_attention_at_7x7():
+    from sgm_helpers import UNet
+
+    model = UNet(SDE.marginal_prob_std)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params * 4 < 20e6                                   # under 20 MB of float32 weights
+    assert model.num_classes is None and not hasattr(model, "label_embed")
+    seen = []
+    model.mid_attention.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
+    with torch.no_grad():
+        out = model(torch.rand(2, 1, 28, 28), 0.5)
+    assert seen == [(2, model.channels[-1], 7, 7)]              # attention at the lowest resolution
+    assert torch.equal(out, torch.zeros_like(out))             # the last convolution starts at zero
+    assert "embed.0.W" in model.state_dict()                    # time_embedding(): ScoreNet's Fourier features
+    assert UNet(SDE.marginal_prob_std, attention=False).state_dict().keys() < model.state_dict().keys()
+
+
+def test_unet_architecture_rebuilds_the_same_network():
+    import json
+
+    from sgm_helpers import UNet
+
+    for kw in ({}, {"channels": (8, 16), "num_res_blocks": 2, "attention": False, "embed_dim": 8, "num_classes": 3}):
+        model = UNet(SDE.marginal_prob_std, **kw)
+        arch = json.loads(json.dumps(model.architecture))        # JSON-ready, as in a manifest
+        assert arch["class"] == "UNet"
+        rebuilt = UNet(SDE.marginal_prob_std, **{k: v for k, v in arch.items() if k != "class"})
+        assert rebuilt.architecture == model.architecture
+        assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in
+                                                                        model.state_dict().items()}
+
+
+def test_unet_examples_are_independent():
+    model = _small_unet(SDE)
+    x, t = _inputs(batch=3)
+    with torch.no_grad():
+        _assert_close_to_scale(model(x[1:2], t[1:2]), model(x, t)[1:2])
+
+
+def test_conditional_unet_labels():
+    model = _small_unet(SDE, num_classes=10)
+    assert model.null_class == 10 and model.label_embed.num_embeddings == 11
+    x, t = _inputs(batch=3)
+    with torch.no_grad():
+        assert torch.equal(model(x, t, 4), model(x, t, torch.tensor([4, 4, 4])))
+        assert torch.equal(model(x, t, None), model(x, t, 10))                  # None: the null class
+        assert not torch.allclose(model(x, t, 4), model(x, t, 5))               # the label reaches the score
+    for bad in (torch.tensor([0, 1]), torch.tensor([0.0, 1.0, 2.0]), 11, -1, "3"):
+        with pytest.raises(ValueError, match=r"y must be class labels in 0\.\.9, or 10 or None"):
+            model(x, t, bad)
+    with pytest.raises(ValueError, match="UNet needs labels: call it as model"):
+        model(x, t)
+
+
+def test_unconditional_unet_refuses_labels():
+    model = _small_unet(SDE)
+    x, t = _inputs(batch=2)
+    with torch.no_grad():
+        assert torch.equal(model(x, t, None), model(x, t))
+    with pytest.raises(ValueError, match=r"^y: this UNet is unconditional \(num_classes=None\)"):
+        model(x, t, torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"channels": ()}, "channels must be 1 to 3 positive multiples of 8"),
+    ({"channels": (16, 32, 64, 128)}, "channels must be 1 to 3"),
+    ({"channels": (12, 32, 96)}, "channels must be"),
+    ({"channels": (0, 32, 96)}, "channels must be"),
+    ({"channels": (16.0, 32, 96)}, "channels must be"),
+    ({"num_res_blocks": 0}, "num_res_blocks must be an integer >= 1"),
+    ({"attention": 1}, "attention must be True or False"),
+    ({"embed_dim": 0}, "embed_dim must be an integer >= 1"),
+    ({"embed_dim": 7}, "embed_dim must be an even integer"),
+    ({"num_classes": 0}, "num_classes must be an integer >= 1"),
+])
+def test_unet_rejects_bad_arguments(kw, match):
+    from sgm_helpers import UNet
+
+    with pytest.raises(ValueError, match=match):
+        UNet(SDE.marginal_prob_std, **kw)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (2, 1, 32, 32), (2, 3, 28, 28)])
+def test_unet_rejects_wrong_batch_shapes(shape):
+    model = _small_unet(SDE)
+    with pytest.raises(ValueError, match=r"UNet takes x of shape \[B, 1, 28, 28\]"):
+        model(torch.zeros(shape), 0.5)
+
+
+def test_unet_trains_every_parameter_from_its_zero_init():
+    # The zero-initialized layers (last convolution, second convolution of each block, attention's projection)
+    # must not cut the gradient off for good: after a few Adam steps every parameter has been reached.
+    from sgm_helpers import UNet, dsm_loss
+
+    torch.manual_seed(0)
+    model = UNet(SDE.marginal_prob_std, channels=(8, 16, 16), embed_dim=8, num_classes=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, _ = _inputs(batch=4)
+    y = torch.tensor([0, 1, 0, 1])
+    reached, losses = set(), []
+    for _ in range(6):  # the same t, z and dropped labels every step
+        loss = dsm_loss(model, x, SDE, generator=torch.Generator().manual_seed(1), y=y, p_uncond=0.5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        reached |= {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert reached == {n for n, _ in model.named_parameters()}
+    assert losses[-1] < losses[0]

@@ -118,3 +118,166 @@ def test_bad_checkpoint_files_raise(tmp_path):
     torch.save({"weight": torch.zeros(3)}, other)
     with pytest.raises(ValueError, match="ScoreNet"):
         load_score_checkpoint(other)
+
+
+# --- every kind of network through a manifest, and through a checkpoint that records its architecture -------------
+
+
+def _kinds():
+    """(name, kind, network factory, SDE or None) for each class the manifest can name."""
+    from sgm_helpers import MNISTClassifier, VPSDE, ConditionalScoreNet, TimeClassifier, UNet, subVPSDE
+
+    ve, vp, subvp = VESDE(25.0), VPSDE(), subVPSDE(beta_min=0.2, beta_max=15.0)
+    return [
+        ("tiny-scorenet", "score_model", lambda: ScoreNet(vp.marginal_prob_std, channels=(32, 32, 32, 64), embed_dim=8),
+         vp),
+        ("tiny-conditional", "conditional_score_model",
+         lambda: ConditionalScoreNet(subvp.marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=8, num_classes=4),
+         subvp),
+        ("tiny-unet", "score_model", lambda: UNet(ve.marginal_prob_std, channels=(8, 16), embed_dim=8), ve),
+        ("tiny-unet-conditional", "conditional_score_model",
+         lambda: UNet(vp.marginal_prob_std, channels=(8, 8, 16), num_res_blocks=2, embed_dim=8, num_classes=10), vp),
+        ("tiny-time-classifier", "time_classifier",
+         lambda: TimeClassifier(channels=(32, 32, 32), embed_dim=8, num_classes=10), ve),
+        ("tiny-classifier", "classifier", lambda: MNISTClassifier(feature_dim=16), None),
+    ]
+
+
+def _randomized(model, seed):
+    """Every parameter drawn afresh (zero-initialized layers included), so a weight that fails to load shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _call(model, x, t):
+    """The model's output: score models with a label where they take one; classifiers with or without t."""
+    if getattr(model, "num_classes", None) is not None and hasattr(model, "marginal_prob_std"):
+        return model(x, t, torch.arange(len(x)) % model.num_classes)
+    if hasattr(model, "embed"):
+        return model(x, t)
+    return model(x)
+
+
+@pytest.fixture
+def weights_dir(tmp_path, monkeypatch):
+    """An empty weights folder standing in for the package's."""
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    return tmp_path
+
+
+def _architecture(model):
+    """The manifest's architecture fields; MNISTClassifier's as scripts/train_classifier.py writes them."""
+    if hasattr(model, "architecture"):
+        return model.architecture
+    return {"class": type(model).__name__, "feature_dim": model.feature_dim, "num_classes": model.num_classes}
+
+
+def _ship(name, kind, model, sde, folder):
+    """Save ``model`` as the package's export scripts do: a plain state dict plus a manifest entry."""
+    path = folder / f"{name}.pt"
+    torch.save(model.state_dict(), path)
+    entry = {"kind": kind, "file": path.name, "sha256": sha256_file(path), "architecture": _architecture(model)}
+    if sde is not None:
+        entry["sde"] = sde.config()
+    pretrained.write_manifest_entry(name, entry)
+
+
+@pytest.mark.parametrize("i", range(6), ids=[k[0] for k in _kinds()])
+def test_every_kind_round_trips_through_the_manifest(weights_dir, i):
+    import json
+
+    name, kind, make, sde = _kinds()[i]
+    torch.manual_seed(i)
+    model = _randomized(make(), seed=i)
+    _ship(name, kind, model, sde, weights_dir)
+    json.loads((weights_dir / "manifest.json").read_text())             # a plain JSON manifest
+
+    loaded = load_pretrained(name, device="cpu")
+    assert type(loaded) is type(model) and not loaded.training
+    assert _architecture(loaded) == _architecture(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert pretrained.available_models(kind) == [name]
+    x, t = torch.rand(3, 1, 28, 28), torch.tensor([0.2, 0.5, 0.9])
+    with torch.no_grad():
+        assert torch.equal(_call(loaded, x, t), _call(model, x, t))
+    if sde is None:
+        with pytest.raises(ValueError, match="records no SDE"):
+            pretrained_sde(name)
+    else:
+        assert pretrained_sde(name) == sde
+    if hasattr(loaded, "marginal_prob_std"):                            # divided by its own SDE's std
+        torch.testing.assert_close(loaded.marginal_prob_std(t), sde.marginal_prob_std(t), rtol=0, atol=0)
+
+
+def test_manifest_architecture_errors(weights_dir):
+    from sgm_helpers import UNet
+
+    model = UNet(VESDE(25.0).marginal_prob_std, channels=(8, 16), embed_dim=8)
+    _ship("bad-class", "score_model", model, VESDE(25.0), weights_dir)
+    entry = model_info("bad-class")
+    for architecture, match in [
+        (dict(entry["architecture"], **{"class": "NCSNpp"}), "unknown architecture class 'NCSNpp'; known: "),
+        (dict(entry["architecture"], depth=3), r"architecture fields .* do not fit UNet"),
+        (dict(entry["architecture"], channels=[8, 32]), r"shape mismatches"),
+    ]:
+        pretrained.write_manifest_entry("bad-class", dict(entry, architecture=architecture))
+        with pytest.raises(ValueError, match=match):
+            load_pretrained("bad-class", device="cpu")
+    with pytest.raises(ValueError, match=r"^sde: UNet is a score network"):
+        pretrained.build_model(model.architecture, sde=None)
+    with pytest.raises(ValueError, match="architecture must be a dict with a 'class' entry"):
+        pretrained.build_model({"channels": [8, 16]}, VESDE(25.0))
+
+
+def _checkpoint(path, model, sde, *, record_architecture=True):
+    """A package checkpoint of ``model`` whose raw and EMA weights differ, recording its SDE (and architecture)."""
+    ema = make_ema(model, decay=0.5)
+    for _ in range(2):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        ema.update_parameters(model)
+    config = {"sde": sde.config()}
+    if record_architecture:
+        config["architecture"] = model.architecture
+    save_checkpoint(path, model, ema_model=ema, step=2, config=config)
+    return ema
+
+
+@pytest.mark.parametrize("num_classes", [None, 10])
+def test_load_score_checkpoint_rebuilds_the_recorded_architecture(tmp_path, num_classes):
+    from sgm_helpers import VPSDE, UNet
+
+    torch.manual_seed(0)
+    sde = VPSDE()
+    model = UNet(sde.marginal_prob_std, channels=(8, 16, 16), embed_dim=8, num_classes=num_classes)
+    ema = _checkpoint(tmp_path / "unet.pt", model, sde)
+    loaded, loaded_sde = load_score_checkpoint(tmp_path / "unet.pt", device="cpu")
+    assert isinstance(loaded, UNet) and loaded.architecture == model.architecture and loaded_sde == sde
+    for key, value in ema.module.named_parameters():
+        assert torch.equal(dict(loaded.named_parameters())[key], value), key
+    raw, _ = load_score_checkpoint(tmp_path / "unet.pt", which="raw", device="cpu")
+    assert torch.equal(raw.conv_in.weight, model.conv_in.weight)
+    assert not torch.equal(raw.conv_in.weight, loaded.conv_in.weight)   # the test tells EMA from raw
+    with pytest.raises(ValueError, match="trained with VPSDE"):
+        load_score_checkpoint(tmp_path / "unet.pt", sde=VESDE(25.0), device="cpu")
+
+
+def test_checkpoint_without_a_recorded_architecture_is_read_as_a_scorenet(tmp_path):
+    from sgm_helpers import UNet
+
+    sde = VESDE(25.0)
+    torch.manual_seed(0)
+    _checkpoint(tmp_path / "old.pt", ScoreNet(sde.marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=8), sde,
+                record_architecture=False)
+    loaded, _ = load_score_checkpoint(tmp_path / "old.pt", device="cpu")
+    assert type(loaded) is ScoreNet and loaded.channels == (32, 32, 32, 32)
+    # A UNet checkpoint that does not record its architecture cannot be told apart: a clear error, not a guess.
+    _checkpoint(tmp_path / "unet.pt", UNet(sde.marginal_prob_std, channels=(8, 16), embed_dim=8), sde,
+                record_architecture=False)
+    with pytest.raises(ValueError, match="not a ScoreNet state dict"):
+        load_score_checkpoint(tmp_path / "unet.pt", device="cpu")
