@@ -13,6 +13,12 @@ correction here). But a particle only finds the modes it can reach: separated mo
 particles very rarely, so the fraction of particles in each mode stays the fraction that started
 in its basin, whatever the true weights. Annealed Langevin dynamics fixes that by starting on the
 smooth, heavily noised density (where all modes are connected) and lowering the noise step by step.
+
+Too large a step fails in a way worth seeing. On a Gaussian N(mu, s^2 I) one update is the linear
+recursion x' - mu = (1 - eps / s^2)(x - mu) + sqrt(2 eps) z: for eps > s^2 each step jumps past the
+mean (the factor is negative) and for eps > 2 s^2 it grows the distance (|factor| > 1), so the chain
+diverges. When the iterates become NaN or inf both functions raise :class:`DivergenceError`, which
+carries what was computed up to then, so that a caller can show the blow-up instead of a traceback.
 """
 
 from __future__ import annotations
@@ -34,14 +40,33 @@ def _check_x0(x0) -> None:
         raise ValueError("x0 contains NaN or inf values")
 
 
-def _langevin_step(x, score, step: float, generator, where: str) -> torch.Tensor:
+class DivergenceError(FloatingPointError):
+    """Langevin iterates became NaN or inf. Keeps the run up to the last finite state.
+
+    Attributes:
+        step: how many updates completed before the failing one (over all noise levels, for the
+            annealed version); the failing update is number ``step`` counting from 0.
+        x: the last finite state ``[B, ...]`` (``x0`` itself if the first update failed).
+        trajectory: with ``return_trajectory=True``, the finite iterates ``[step + 1, B, ...]``
+            (``[0]`` is ``x0``, ``[-1]`` is ``x``); otherwise None.
+    """
+
+    def __init__(self, message: str, *, step: int, x: torch.Tensor, trajectory: torch.Tensor | None):
+        super().__init__(message)
+        self.step, self.x, self.trajectory = step, x, trajectory
+
+
+def _langevin_step(x, score, step: float, generator) -> torch.Tensor:
     if score.shape != x.shape:
         raise ValueError(f"score_fn returned shape {tuple(score.shape)} for x of shape {tuple(x.shape)}")
-    x = x + step * score + math.sqrt(2.0 * step) * randn(x.shape, generator, x.device, x.dtype)
-    if not torch.isfinite(x).all():
-        raise FloatingPointError(f"the samples became NaN or inf at {where}; the step size is too large "
-                                 "for this score (or the score itself is not finite)")
-    return x
+    return x + step * score + math.sqrt(2.0 * step) * randn(x.shape, generator, x.device, x.dtype)
+
+
+def _check_finite(x_new, x, trajectory, completed: int, where: str) -> None:
+    if not torch.isfinite(x_new).all():
+        raise DivergenceError(f"the samples became NaN or inf at {where}; the step size is too large "
+                              "for this score (or the score itself is not finite)", step=completed, x=x,
+                              trajectory=torch.stack(trajectory) if trajectory is not None else None)
 
 
 @torch.no_grad()
@@ -63,7 +88,8 @@ def langevin_dynamics(score_fn, x0: torch.Tensor, step_size: float, n_steps: int
         the final ``x [B, ...]``, or with ``return_trajectory=True`` the tensor of all iterates
         ``[n_steps + 1, B, ...]`` (``[0]`` is ``x0``, ``[-1]`` the final x).
     Raises:
-        FloatingPointError naming the step if the samples become NaN or inf.
+        DivergenceError (a ``FloatingPointError``) naming the step if the samples become NaN or inf;
+        its ``.trajectory`` (with ``return_trajectory=True``) and ``.x`` hold the run up to then.
     """
     _check_x0(x0)
     step_size = check_positive(step_size, "step_size")
@@ -71,7 +97,9 @@ def langevin_dynamics(score_fn, x0: torch.Tensor, step_size: float, n_steps: int
     x = x0.clone()
     trajectory = [x] if return_trajectory else None
     for k in range(n_steps):
-        x = _langevin_step(x, score_fn(x), step_size, generator, f"step {k}")
+        x_new = _langevin_step(x, score_fn(x), step_size, generator)
+        _check_finite(x_new, x, trajectory, k, f"step {k}")
+        x = x_new
         if trajectory is not None:
             trajectory.append(x)
     return torch.stack(trajectory) if trajectory is not None else x
@@ -120,7 +148,8 @@ def annealed_langevin_dynamics(score_fn, x0: torch.Tensor, sigmas, step_size: fl
         generator, return_trajectory: as :func:`langevin_dynamics`; the trajectory has
             ``len(sigmas) * n_steps_each + 1`` entries.
     Raises:
-        FloatingPointError naming the level and step if the samples become NaN or inf.
+        DivergenceError (a ``FloatingPointError``) naming the level and step if the samples become
+        NaN or inf; it holds the run up to then, as in :func:`langevin_dynamics`.
     """
     _check_x0(x0)
     sigmas = _check_sigmas(sigmas)
@@ -132,8 +161,10 @@ def annealed_langevin_dynamics(score_fn, x0: torch.Tensor, sigmas, step_size: fl
         step = step_size * sigma**2 / sigmas[-1] ** 2
         sigma_batch = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
         for k in range(n_steps_each):
-            x = _langevin_step(x, score_fn(x, sigma_batch), step, generator,
-                               f"noise level {i} (sigma = {sigma:.4g}), step {k}")
+            x_new = _langevin_step(x, score_fn(x, sigma_batch), step, generator)
+            _check_finite(x_new, x, trajectory, i * n_steps_each + k,
+                          f"noise level {i} (sigma = {sigma:.4g}), step {k}")
+            x = x_new
             if trajectory is not None:
                 trajectory.append(x)
     return torch.stack(trajectory) if trajectory is not None else x

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from sgm_helpers.langevin import annealed_langevin_dynamics, langevin_dynamics
+from sgm_helpers.langevin import DivergenceError, annealed_langevin_dynamics, langevin_dynamics
 from sgm_helpers.toy import GaussianMixture, single_gaussian, two_modes
 from sgm_helpers.utils import randn
 
@@ -165,11 +165,39 @@ def test_blow_up_raises_naming_the_step():
         calls.append(1)
         return torch.full_like(x, math.inf) if len(calls) > 3 else -x
 
-    with pytest.raises(FloatingPointError, match="step 3"):
-        langevin_dynamics(score, torch.zeros(2, 2), 0.1, 10)
+    with pytest.raises(FloatingPointError, match="step 3") as info:
+        langevin_dynamics(score, torch.zeros(2, 2), 0.1, 10, generator=gen(0))
+    assert isinstance(info.value, DivergenceError) and info.value.step == 3 and info.value.trajectory is None
     calls.clear()
-    with pytest.raises(FloatingPointError, match=r"noise level 1 \(sigma = 0\.5\), step 1"):
-        annealed_langevin_dynamics(score, torch.zeros(2, 2), [1.0, 0.5], 0.1, 2)
+    assert torch.equal(info.value.x, langevin_dynamics(score, torch.zeros(2, 2), 0.1, 3, generator=gen(0)))
+    calls.clear()
+    with pytest.raises(FloatingPointError, match=r"noise level 1 \(sigma = 0\.5\), step 1") as info:
+        annealed_langevin_dynamics(score, torch.zeros(2, 2), [1.0, 0.5], 0.1, 2, return_trajectory=True)
+    assert info.value.step == 3 and info.value.trajectory.shape == (4, 2, 2)  # two steps at level 0, one at level 1
+
+
+def test_divergence_beyond_twice_the_variance_keeps_the_run_up_to_the_blow_up():
+    """On N(0, s^2) one step is x' = (1 - eps / s^2) x + sqrt(2 eps) z. With eps = 2.5 s^2 the factor is -1.5:
+    every step jumps past the mean and lands farther away, until float32 overflows (the mixture's score
+    squares the distance, so it overflows first, near |x| ~ 1e19, after roughly log(1e19) / log(1.5) ~ 110
+    steps). The error keeps the finite iterates: they are exactly the first steps of the same seeded run,
+    and they grew geometrically. Just below 2 s^2 (the factor -0.9) the chain stays finite
+    over the same number of steps: its stationary variance s^2 / (1 - eps / (2 s^2)) is 20 s^2.
+    """
+    s2, n = 0.16, 64
+    target = GaussianMixture(means=[[0.0, 0.0]], stds=s2 ** 0.5)
+    x0 = uniform_box(n, 3.0, seed=1)
+    with pytest.raises(DivergenceError, match="step") as info:
+        langevin_dynamics(target.score, x0, 2.5 * s2, 2000, generator=gen(2), return_trajectory=True)
+    err = info.value
+    assert 50 < err.step < 2000
+    assert err.trajectory.shape == (err.step + 1, n, 2) and torch.isfinite(err.trajectory).all()
+    assert torch.equal(err.trajectory[-1], err.x) and torch.equal(err.trajectory[0], x0)
+    prefix = langevin_dynamics(target.score, x0, 2.5 * s2, err.step, generator=gen(2), return_trajectory=True)
+    assert torch.equal(prefix, err.trajectory)
+    assert err.x.abs().max() > 1e15  # it blew up on its way to overflow, not by a sudden NaN
+    stable = langevin_dynamics(target.score, x0, 1.9 * s2, 2000, generator=gen(2))
+    assert torch.isfinite(stable).all()
 
 
 @pytest.mark.parametrize("kwargs, match", [
