@@ -1,8 +1,17 @@
-"""Train a bundled score model reproducibly: any SDE, any weighting, on the MNIST training split minus a held-out tail.
+"""Train a bundled model reproducibly: any SDE, any weighting, on the MNIST training split minus a held-out tail.
 
     SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py --out runs/mnist-ve25.pt
     SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py --out runs/mnist-vp-lw.pt --sde vp \\
         --likelihood-weighting --importance-sampling --dequantize
+    SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py --model conditional --out runs/mnist-conditional.pt
+    SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py --model time-classifier \\
+        --out runs/mnist-time-classifier.pt
+
+--model picks the network (the table NETWORKS below): a score model (``scorenet``, the default, or
+``unet``), a class-conditional one for classifier-free guidance (``conditional`` or ``unet-conditional``:
+labels dropped to the null class with probability --p-uncond, default 0.1) or a noise-conditional
+classifier for classifier guidance (``time-classifier``: cross-entropy on images perturbed by the SDE at
+t ~ U(eps, 1); no loss weighting, no dequantization). The last two kinds train on the labels too.
 
 Every hyperparameter is a flag below; the defaults are those the shipped "mnist-ve25" was trained with
 (on the 5,000-image training subset that was all the project had then). The run resumes from --out if
@@ -12,7 +21,11 @@ choices (EMA or raw weights, checkpoint, sampler settings); the test split is ne
 
 --time-budget stops at the end of the first epoch (or --chunk-steps) past that many seconds, with a
 checkpoint to resume from. --export writes the raw and EMA weights, with the run's settings, wall time
-and throughput, to one small file (what ``scripts/export_pretrained.py`` and the evaluation read).
+and throughput, to one small file (what ``scripts/export_pretrained.py`` and the evaluation read); its
+``info`` holds the manifest's fields ``kind``, ``sde`` and ``architecture`` (``{"class": ..., constructor
+arguments}``, from which ``sgm_helpers.pretrained`` rebuilds the network). --eval-holdout evaluates the raw
+and EMA weights on held-out images: bits/dim for a score model (for a class-conditional one, of its
+unconditional score, the null class), accuracy on noised images for the classifier.
 
 On several GPUs, the same command under torchrun (data-parallel, the same global --batch-size; rank 0
 prints, checkpoints, evaluates and exports):
@@ -25,19 +38,51 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from sgm_helpers import ScoreNet, load_mnist, make_ema, make_sde, seed_everything, train
-from sgm_helpers.pretrained import checkpoint_state_dict, read_checkpoint
+from sgm_helpers import (ConditionalScoreNet, ScoreNet, TimeClassifier, UNet, load_mnist, make_ema, make_sde,
+                         seed_everything, train)
+from sgm_helpers.pretrained import checkpoint_model, checkpoint_state_dict, read_checkpoint
 from sgm_helpers.training import PRECISIONS
 from sgm_helpers.utils import broadcast_object, init_distributed, local_rank0_first
+
+
+@dataclass(frozen=True)
+class Network:
+    """One --model: how to build it for an SDE with given channels, and how it is trained and shipped."""
+
+    build: Callable            # (sde, channels) -> an nn.Module with an ``architecture``
+    channels: tuple            # default --channels
+    kind: str                  # the manifest's kind
+    objective: str             # train()'s objective
+
+
+NETWORKS = {
+    "scorenet": Network(lambda sde, ch: ScoreNet(sde.marginal_prob_std, channels=ch), (32, 64, 128, 256),
+                        "score_model", "dsm"),
+    "conditional": Network(lambda sde, ch: ConditionalScoreNet(sde.marginal_prob_std, channels=ch), (32, 64, 128, 256),
+                           "conditional_score_model", "conditional_dsm"),
+    "time-classifier": Network(lambda sde, ch: TimeClassifier(channels=ch), (32, 64, 128),
+                               "time_classifier", "time_classifier"),
+    "unet": Network(lambda sde, ch: UNet(sde.marginal_prob_std, channels=ch), (32, 64, 128), "score_model", "dsm"),
+    "unet-conditional": Network(lambda sde, ch: UNet(sde.marginal_prob_std, channels=ch, num_classes=10), (32, 64, 128),
+                                "conditional_score_model", "conditional_dsm"),
+}
+DEFAULT_P_UNCOND = 0.1                        # class-conditional models: label dropout
+EVAL_TIMES = (0.01, 0.1, 0.25, 0.5, 0.75, 1.0)  # --eval-holdout of a classifier: accuracy at these t too
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/mnist-ve25.pt", help="the training checkpoint (resumed if it exists)")
+    p.add_argument("--model", choices=sorted(NETWORKS), default="scorenet",
+                   help="the network: a score model, a class-conditional one, or a noise-conditional classifier")
+    p.add_argument("--p-uncond", type=float, default=None,
+                   help=f"class-conditional --model: probability of dropping a label (default {DEFAULT_P_UNCOND})")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -49,7 +94,9 @@ def parse_args(argv=None):
     p.add_argument("--likelihood-weighting", action="store_true")
     p.add_argument("--importance-sampling", action="store_true")
     p.add_argument("--dequantize", action="store_true")
-    p.add_argument("--channels", type=int, nargs=4, default=[32, 64, 128, 256], help="ScoreNet's channels")
+    p.add_argument("--channels", type=int, nargs="+", default=None,
+                   help="the network's channels (default: " + "; ".join(
+                       f"{name} {' '.join(map(str, net.channels))}" for name, net in NETWORKS.items()) + ")")
     p.add_argument("--holdout", type=int, default=0,
                    help="last training images kept out of training, for choices (new models: 5000)")
     p.add_argument("--seed", type=int, default=0)
@@ -60,8 +107,23 @@ def parse_args(argv=None):
     p.add_argument("--chunk-steps", type=int, default=None, help="steps between time checks (default: an epoch)")
     p.add_argument("--export", default=None, help="also write {raw, ema, info} weights here at the end")
     p.add_argument("--eval-holdout", type=int, default=0,
-                   help="at the end, bits/dim of the raw and EMA weights on this many held-out images")
-    return p.parse_args(argv)
+                   help="at the end, bits/dim (a classifier: accuracy) of the raw and EMA weights on this many "
+                        "held-out images")
+    args = p.parse_args(argv)
+    network = NETWORKS[args.model]
+    if args.p_uncond is None:
+        args.p_uncond = DEFAULT_P_UNCOND if network.objective == "conditional_dsm" else 0.0
+    elif network.objective != "conditional_dsm":
+        conditional = ", ".join(name for name, net in NETWORKS.items() if net.objective == "conditional_dsm")
+        p.error(f"--p-uncond is for a class-conditional --model ({conditional}), not {args.model}")
+    elif not 0.0 <= args.p_uncond <= 1.0:
+        p.error(f"--p-uncond must be a probability in [0, 1], got {args.p_uncond}")
+    score_only = [flag for flag in ("likelihood_weighting", "importance_sampling", "dequantize") if getattr(args, flag)]
+    if network.objective == "time_classifier" and score_only:
+        p.error(f"--{score_only[0].replace('_', '-')} is for score models; --model {args.model} trains on the "
+                "plain cross-entropy of noised images")
+    args.channels = list(network.channels if args.channels is None else args.channels)
+    return args
 
 
 def main(argv=None):
@@ -75,32 +137,36 @@ def main(argv=None):
     seed_everything(args.seed)  # also fixes the GaussianFourierProjection weights
     sde = (make_sde("ve", sigma=args.sigma) if args.sde == "ve"
            else make_sde(args.sde, beta_min=args.beta_min, beta_max=args.beta_max))
-    model = ScoreNet(sde.marginal_prob_std, channels=args.channels)
+    network = NETWORKS[args.model]
+    try:
+        model = network.build(sde, args.channels)
+    except ValueError as err:
+        raise SystemExit(f"error: --channels {' '.join(map(str, args.channels))} for --model {args.model}: {err}")
     ema = make_ema(model, args.ema_decay)
     env = init_distributed(device)  # under torchrun: one process per GPU, rank 0 prints; a no-op otherwise
     log = print if env.rank == 0 else (lambda *a, **k: None)
     with local_rank0_first():  # one download per machine
-        images, _ = load_mnist(train=True)
+        images, labels = load_mnist(train=True)
     if not 0 <= args.holdout < len(images) or args.eval_holdout > args.holdout:
         raise SystemExit(f"error: --holdout must be in [0, {len(images)}) and at least --eval-holdout, "
                          f"got {args.holdout} and {args.eval_holdout}")
-    images = images[:len(images) - args.holdout]
+    images, labels = images[:len(images) - args.holdout], labels[:len(images) - args.holdout]
     steps_per_epoch = math.ceil(len(images) / args.batch_size)
     total = args.epochs * steps_per_epoch
     chunk = args.chunk_steps or steps_per_epoch
     where = device if env.world_size == 1 else f"{env.world_size} processes ({device.type})"
     log(f"training on the first {len(images)} MNIST training images ({args.holdout} held out) on {where}; "
-        f"{sde}; {vars(args)}", flush=True)
+        f"{type(model).__name__}, objective {network.objective}; {sde}; {vars(args)}", flush=True)
     settings = dict(batch_size=args.batch_size, lr=args.lr, ema_model=ema, seed=args.seed,
                     checkpoint_path=args.out, resume=True, progress=False, precision=args.precision, device=device,
                     likelihood_weighting=args.likelihood_weighting, importance_sampling=args.importance_sampling,
-                    dequantize=args.dequantize)
+                    dequantize=args.dequantize, objective=network.objective, p_uncond=args.p_uncond)
     t0 = time.time()
     done = int(read_checkpoint(args.out)["step"]) if env.rank == 0 and Path(args.out).is_file() else 0
     done = broadcast_object(done)  # only rank 0 needs to see the file
     start_step, losses = done, []
     while done < total:
-        losses = train(model, images, sde, steps=min(done + chunk, total), **settings)
+        losses = train(model, (images, labels), sde, steps=min(done + chunk, total), **settings)
         done = len(losses)
         elapsed = broadcast_object(time.time() - t0)  # rank 0's clock decides for all
         log(f"step {done}/{total} (epoch {done / steps_per_epoch:.2f}), mean loss of the last 500 steps "
@@ -113,7 +179,8 @@ def main(argv=None):
         return
     wall = time.time() - t0
     info = {**{k: v for k, v in vars(args).items() if k not in ("out", "export", "threads", "device")},
-            "command": command, "sde": sde.config(), "channels": args.channels, "seed": args.seed,
+            "command": command, "kind": network.kind, "sde": sde.config(), "architecture": model.architecture,
+            "objective": network.objective, "channels": args.channels, "seed": args.seed,
             "steps": done, "epochs": done / steps_per_epoch, "steps_this_run": done - start_step,
             "wall_s_this_run": wall, "steps_per_s": (done - start_step) / wall if wall > 0 else None,
             "examples_per_s": (done - start_step) * args.batch_size / wall if wall > 0 else None,
@@ -122,7 +189,9 @@ def main(argv=None):
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "final_loss_last500_mean": sum(losses[-500:]) / max(len(losses[-500:]), 1)}
     ckpt = read_checkpoint(args.out)
-    if args.eval_holdout:
+    if args.eval_holdout and network.objective == "time_classifier":
+        info["holdout_accuracy"] = heldout_accuracy(ckpt, sde, args, device)
+    elif args.eval_holdout:
         info["holdout_bpd"] = heldout_bpd(ckpt, sde, args, device)
     print("run info: " + json.dumps(info), flush=True)
     if args.export:
@@ -132,22 +201,60 @@ def main(argv=None):
         print(f"exported raw and EMA weights to {args.export}", flush=True)
 
 
-def heldout_bpd(ckpt, sde, args, device) -> dict:
-    """Bits/dim of the raw and the EMA weights on the first --eval-holdout held-out training images."""
-    from sgm_helpers.likelihood import evaluate_bpd
-    from sgm_helpers.pretrained import scorenet_from_state_dict
+def held_out_split(args) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first --eval-holdout of the --holdout training images that were not trained on, and their labels."""
+    images, labels = load_mnist(train=True)
+    tail = slice(len(images) - args.holdout, len(images) - args.holdout + args.eval_holdout)
+    return images[tail], labels[tail]
 
-    images, _ = load_mnist(train=True)
-    held_out = images[len(images) - args.holdout:][:args.eval_holdout]
-    out = {"n": len(held_out), "seed": 0}
+
+def heldout_bpd(ckpt, sde, args, device) -> dict:
+    """Bits/dim of the raw and the EMA weights on the first --eval-holdout held-out training images
+    (a class-conditional model: of its unconditional score, the null class)."""
+    from sgm_helpers.controllable import cfg_score
+    from sgm_helpers.likelihood import evaluate_bpd
+
+    held_out, _ = held_out_split(args)
+    conditional = NETWORKS[args.model].objective == "conditional_dsm"
+    out = {"n": len(held_out), "seed": 0, **({"score": "unconditional (null class)"} if conditional else {})}
     for which in ("raw", "ema"):
-        model = scorenet_from_state_dict(checkpoint_state_dict(ckpt, which), sde).to(device)
+        model = checkpoint_model(ckpt, sde, which).to(device)
+        if conditional:
+            model = cfg_score(model, None, 0.0)              # s(x, t, null): the unconditional score
         t0 = time.time()
         result = evaluate_bpd(model, sde, held_out, batch_size=500, generator=torch.Generator().manual_seed(0),
                               progress=False, device=device)
         out[which] = {"mean": result.mean, "stderr": result.stderr, "nfe_per_batch": result.nfe,
                       "wall_s": time.time() - t0}
         print(f"held-out bits/dim, {which} weights: {result}", flush=True)
+    return out
+
+
+@torch.no_grad()
+def heldout_accuracy(ckpt, sde, args, device) -> dict:
+    """Accuracy of the raw and the EMA classifier on the first --eval-holdout held-out training images, perturbed
+    by the SDE as in training (x(t) = alpha(t) x + std(t) z): at t ~ U(eps, 1), and at each t of EVAL_TIMES.
+    The same seeded draws of t and z serve both weights and every t."""
+    images, labels = held_out_split(args)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(images.shape, generator=g)
+    eps = ckpt["config"]["eps"]
+    times = {"t~U(eps,1)": torch.rand(len(images), generator=g) * (1.0 - eps) + eps,
+             **{f"t={t:g}": torch.full((len(images),), t) for t in EVAL_TIMES}}
+    out = {"n": len(images), "seed": 0, "eps": eps}
+    for which in ("raw", "ema"):
+        classifier = checkpoint_model(ckpt, sde, which).to(device)
+        t0 = time.time()
+        accuracy = {}
+        for name, t in times.items():
+            mean, std = sde.marginal_prob(images, t)
+            x_t = mean + std.view(-1, 1, 1, 1) * z
+            correct = sum(int((classifier(x.to(device), s.to(device)).argmax(1).cpu() == y).sum())
+                          for x, s, y in zip(x_t.split(500), t.split(500), labels.split(500)))
+            accuracy[name] = correct / len(images)
+        out[which] = {"accuracy": accuracy, "wall_s": time.time() - t0}
+        print(f"held-out accuracy on noised images, {which} weights: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()), flush=True)
     return out
 
 

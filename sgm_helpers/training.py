@@ -6,6 +6,11 @@ by a seeded permutation per epoch: no DataLoader, no per-image PIL transform.
 Under ``torchrun`` the same loop runs data-parallel (DistributedDataParallel): every process draws the
 same permutation, takes its own slice of each global batch, and the gradients are averaged across
 processes, so a step still sees ``batch_size`` examples in all.
+
+One loop trains every network of the package; ``objective`` picks its loss: ``"dsm"`` (a score model,
+:func:`~sgm_helpers.losses.dsm_loss`), ``"conditional_dsm"`` (a class-conditional score model, the same loss
+with labels and label dropout) or ``"time_classifier"`` (a noise-conditional classifier,
+:func:`~sgm_helpers.losses.time_classifier_loss`).
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .likelihood import dequantize as dequantize_images
-from .losses import _check_loss_args, dsm_loss
-from .models import load_tutorial_checkpoint
+from .losses import _check_loss_args, check_labels, dsm_loss, time_classifier_loss
+from .models import NUM_CLASSES, load_tutorial_checkpoint
 from .sde import sde_of
 from .utils import (DistEnv, broadcast_object, check_finite, check_positive, check_positive_int, dist_device,
                     dist_env, init_distributed, model_device, read_torch_file)
@@ -33,7 +38,14 @@ CHECKPOINT_FORMAT = "sgm_helpers.checkpoint/1"
 PRECISIONS = ("float32", "bfloat16")
 # Settings a resumed run must share with the checkpoint to continue the same loss curve.
 _RESUME_KEYS = ("batch_size", "lr", "seed", "eps", "n_train", "precision", "sde", "likelihood_weighting",
-                "importance_sampling", "dequantize")
+                "importance_sampling", "dequantize", "objective", "p_uncond")
+# What train() minimizes: name -> the model it trains and the data it needs.
+OBJECTIVES = {
+    "dsm": "a score model (x, t) -> score, on images (labels, if given, are not used)",
+    "conditional_dsm": "a class-conditional score model (x, t, y) -> score, on (images, labels), with label dropout "
+                       "p_uncond",
+    "time_classifier": "a noise-conditional classifier (x, t) -> logits, on (images, labels)",
+}
 
 
 def make_ema(model: torch.nn.Module, decay: float = 0.999) -> AveragedModel:
@@ -55,6 +67,24 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def _split_data(data, objective: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``data`` (images, or an ``(images, labels)`` pair as :func:`~sgm_helpers.data.load_mnist` returns) as
+    ``(images, labels)``; labels are None where ``objective`` does not use them, and checked where it does."""
+    pair = isinstance(data, (tuple, list))
+    if pair and len(data) != 2:
+        raise ValueError(f"data must be a tensor [N, ...] or an (images, labels) pair, got a sequence of {len(data)}")
+    images, labels = data if pair else (data, None)
+    if not isinstance(images, torch.Tensor) or images.dim() < 2 or len(images) == 0:
+        raise ValueError("data must be a non-empty tensor of shape [N, ...] (or an (images, labels) pair)")
+    check_finite(images, "data")
+    if objective == "dsm":
+        return images, None
+    if labels is None:
+        raise ValueError(f"objective={objective!r} trains on labelled data: give data as an (images, labels) pair, "
+                         "as load_mnist returns it")
+    return images, check_labels(labels, images, num_classes, name="labels (data[1])")
+
+
 def _check_resume_config(path, saved: dict | None, config: dict) -> None:
     if not saved:  # a checkpoint from before configs were stored, or from elsewhere: nothing to compare
         return
@@ -66,6 +96,17 @@ def _check_resume_config(path, saved: dict | None, config: dict) -> None:
 
 
 # --- data parallelism under torchrun: each process's share of a step, its noise, the checkpoint it resumes from
+
+
+class _DDP(DistributedDataParallel):
+    """DistributedDataParallel that shows the wrapped network's own attributes (``null_class``, ``num_classes``),
+    which the losses read off the model they call."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
 
 
 def _local_batch(batch: torch.Tensor, env: DistEnv) -> tuple[torch.Tensor, float]:
@@ -135,12 +176,18 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
           batch_size: int = 32, lr: float = 1e-4, device=None, checkpoint_path=None, progress: bool = True,
           ema_model: AveragedModel | None = None, seed: int = 0, eps: float = 1e-5, resume: bool = False,
           log_every: int = 25, precision: str = "float32", likelihood_weighting: bool = False,
-          importance_sampling: bool = False, dequantize: bool = False) -> list[float]:
-    """Train a score model with Adam on :func:`~sgm_helpers.losses.dsm_loss`.
+          importance_sampling: bool = False, dequantize: bool = False, objective: str = "dsm",
+          p_uncond: float = 0.0) -> list[float]:
+    """Train a score model with Adam on :func:`~sgm_helpers.losses.dsm_loss` (or, by ``objective``, a
+    class-conditional score model or a noise-conditional classifier, through the same loop).
 
     Args:
-        model: score model ``(x, t) -> score``; moved to ``device``.
-        data: ``[N, ...]`` tensor of training examples, or an ``(images, labels)`` pair.
+        model: score model ``(x, t) -> score``; moved to ``device``. With ``objective="conditional_dsm"`` a
+            class-conditional one ``(x, t, y) -> score`` (e.g. ``ConditionalScoreNet``); with
+            ``"time_classifier"`` a classifier ``(x, t) -> logits`` (e.g. ``TimeClassifier``).
+        data: ``[N, ...]`` tensor of training examples, or an ``(images, labels)`` pair (as ``load_mnist``
+            returns it; labels ``[N]`` integers in 0..num_classes - 1, sliced with the same permutation as
+            the images). The ``"dsm"`` objective does not use labels.
         sde: the SDE (``VESDE``, ``VPSDE``, ``subVPSDE``), or the tutorial's ``marginal_prob_std`` function.
         epochs / steps: how long to train; give exactly one. An epoch is ceil(N / batch_size) steps.
         batch_size, lr: Adam's mini-batch size and learning rate (the tutorial: 32 and 1e-4).
@@ -167,7 +214,16 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
             each step, as likelihood models do: the model then learns a density of continuous data
             that the bits/dim evaluation (which dequantizes the same way) measures. ``data`` must be
             8-bit images scaled to [0, 1].
-        The SDE and these three settings are recorded in the checkpoint; resuming with others is refused.
+        objective: ``"dsm"`` (default): ``dsm_loss(model, x, sde)``; ``"conditional_dsm"``:
+            ``dsm_loss(model, x, sde, y=labels, p_uncond=p_uncond)``, each label replaced by the null class
+            with probability ``p_uncond`` (classifier-free guidance's label dropout); ``"time_classifier"``:
+            ``time_classifier_loss(model, x, labels, sde)``, the cross-entropy of x(t) at t ~ U(eps, 1).
+            The classifier's objective has no weighting and no dequantization: combining it with
+            ``likelihood_weighting``, ``importance_sampling`` or ``dequantize`` is a ValueError.
+        p_uncond: probability in [0, 1] of dropping a label (only with ``"conditional_dsm"``).
+        The SDE, these settings, ``objective`` and ``p_uncond`` are recorded in the checkpoint's config
+        (with the model's ``architecture``, where it has one, from which
+        :func:`~sgm_helpers.pretrained.load_score_checkpoint` rebuilds it); resuming with others is refused.
 
     Under ``torchrun --nproc_per_node=W`` (any number of nodes) the call runs unchanged on every process: it
     joins torchrun's process group (:func:`~sgm_helpers.utils.init_distributed`: NCCL on CUDA, gloo on CPUs;
@@ -190,11 +246,22 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
     log_every = check_positive_int(log_every, "log_every")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if isinstance(data, (tuple, list)):
-        data = data[0]
-    if not isinstance(data, torch.Tensor) or data.dim() < 2 or len(data) == 0:
-        raise ValueError("data must be a non-empty tensor of shape [N, ...] (or an (images, labels) pair)")
-    check_finite(data, "data")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {tuple(OBJECTIVES)}, got {objective!r}")
+    if (isinstance(p_uncond, bool) or not isinstance(p_uncond, (int, float)) or not math.isfinite(p_uncond)
+            or not 0.0 <= p_uncond <= 1.0):
+        raise ValueError(f"p_uncond must be a probability in [0, 1], got {p_uncond!r}")
+    if p_uncond > 0 and objective != "conditional_dsm":
+        raise ValueError(f"p_uncond={p_uncond} drops labels of a class-conditional score model: it needs "
+                         f"objective='conditional_dsm', not {objective!r}")
+    if objective == "time_classifier":
+        extras = [name for name, on in [("likelihood_weighting", likelihood_weighting),
+                                        ("importance_sampling", importance_sampling), ("dequantize", dequantize)] if on]
+        if extras:
+            raise ValueError(f"{' and '.join(extras)} {'is' if len(extras) == 1 else 'are'} for score models: the "
+                             "objective 'time_classifier' is a plain cross-entropy over t ~ U(eps, 1)")
+    # (an unconditional UNet has num_classes None: it then refuses the labels itself, naming them)
+    data, labels = _split_data(data, objective, getattr(model, "num_classes", None) or NUM_CLASSES)
     if dequantize and (data.min() < 0 or data.max() > 1):
         raise ValueError("dequantize=True needs data that are 8-bit images scaled to [0, 1] (pixel / 255)")
     if batch_size % dist_env().world_size:
@@ -203,6 +270,7 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
     device = dist_device(model_device(model, device))
     model.to(device).train()
     data = data.to(device, torch.float32)
+    labels = labels.to(device) if labels is not None else None
     n = len(data)
     steps_per_epoch = math.ceil(n / batch_size)
     total = (check_positive_int(epochs, "epochs") * steps_per_epoch if epochs is not None
@@ -213,11 +281,13 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
     config = dict(batch_size=batch_size, lr=lr, seed=seed, eps=eps, n_train=n, precision=precision,
                   sde=known_sde.config() if known_sde is not None else "custom marginal_prob_std",
                   likelihood_weighting=bool(likelihood_weighting), importance_sampling=bool(importance_sampling),
-                  dequantize=bool(dequantize))
+                  dequantize=bool(dequantize), objective=objective, p_uncond=float(p_uncond))
+    if getattr(model, "architecture", None) is not None:  # the package's networks: what rebuilds them
+        config["architecture"] = model.architecture
     env = init_distributed(device)                      # under torchrun: join its process group (once)
     net = model                                          # what the loss calls; under torchrun, DDP around it
     if env.world_size > 1:                               # averages the processes' gradients during backward()
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        net = _DDP(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     noise_gen = torch.Generator(device=device).manual_seed(_noise_seed(seed, env.rank))
     step, losses = 0, []
@@ -239,6 +309,13 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
                             config=dict(config, total_steps=total),
                             **({"rng_ranks": rngs} if env.world_size > 1 else {}))
 
+    def loss_of(x, y):
+        """The objective on one (local) batch; ``y`` is None for ``"dsm"``."""
+        if objective == "time_classifier":
+            return time_classifier_loss(net, x, y, loss_sde, eps=eps, generator=noise_gen)
+        return dsm_loss(net, x, loss_sde, eps=eps, generator=noise_gen, likelihood_weighting=likelihood_weighting,
+                        importance_sampling=importance_sampling, y=y, p_uncond=p_uncond)
+
     bar = tqdm(total=total, initial=step, disable=not progress or env.rank != 0, desc="train", unit="step")
     pending: list[torch.Tensor] = []
     perm, perm_epoch = None, -1
@@ -251,8 +328,7 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
         if dequantize:
             x = dequantize_images(x, noise_gen)
         with _autocast(device, precision):
-            loss = dsm_loss(net, x, loss_sde, eps=eps, generator=noise_gen, likelihood_weighting=likelihood_weighting,
-                            importance_sampling=importance_sampling)
+            loss = loss_of(x, labels[batch] if labels is not None else None)
         if share != 1.0:                                     # under torchrun: this process's part of the mean
             loss = loss * share
         optimizer.zero_grad(set_to_none=True)

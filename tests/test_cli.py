@@ -1,7 +1,9 @@
 import io
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -252,3 +254,282 @@ def test_checkpoint_errors_name_the_argument(tmp_path, capsys, monkeypatch):
         assert_one_line_error(code, err)
         assert expected in err and ("--checkpoint" in err or "<stdin>" in err)
     assert not (tmp_path / "s.png").exists()
+
+
+# --- controllable generation: sample --class with classifier guidance or cfg, and inpaint -----------------------
+
+
+def _labelled_checkpoint(path, model, objective):
+    """A checkpoint as train() writes it (SDE, architecture, objective recorded), after one step on random digits."""
+    from sgm_helpers import train
+
+    images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    train(model, (images, torch.arange(4)), VESDE(10.0), steps=1, batch_size=4, checkpoint_path=path, progress=False,
+          objective=objective, **({"p_uncond": 0.1} if objective == "conditional_dsm" else {}))
+    return path
+
+
+@pytest.fixture
+def conditional_checkpoint(tmp_path):
+    from sgm_helpers import ConditionalScoreNet
+
+    torch.manual_seed(0)
+    model = ConditionalScoreNet(VESDE(10.0).marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=16)
+    torch.nn.init.normal_(model.label_embed.weight)      # (it starts at zero): the label changes the score
+    return _labelled_checkpoint(tmp_path / "conditional.pt", model, "conditional_dsm")
+
+
+@pytest.fixture
+def classifier_checkpoint(tmp_path):
+    from sgm_helpers import TimeClassifier
+
+    torch.manual_seed(0)
+    return _labelled_checkpoint(tmp_path / "classifier.pt", TimeClassifier(channels=(32, 32, 32), embed_dim=16),
+                                "time_classifier")
+
+
+def _guided(out, digit, scale, *extra):
+    return ["sample", "--class", digit, "--scale", scale, "--sampler", "em", "--steps", "2", "--n", "2",
+            "--device", "cpu", "--out", out, "--no-progress", *extra]
+
+
+def test_sample_a_class_with_classifier_free_guidance(tmp_path, conditional_checkpoint, capsys):
+    files = {}
+    for digit, scale in ((3, 2), (5, 2), (3, 0), (5, 0)):
+        files[digit, scale] = out = tmp_path / f"cfg-{digit}-{scale}.png"
+        code, stdout, _ = run_main(_guided(out, digit, scale, "--guidance", "cfg", "--checkpoint",
+                                           conditional_checkpoint), capsys)
+        assert code == 0 and out.is_file(), stdout
+        assert f"classifier-free guidance towards class {digit}, w = {scale}" in stdout
+        assert "VESDE(sigma=10)" in stdout and "2 score evaluations" in stdout   # w = 2: both scores in one call
+    # w = 0 is the unconditional model: the class does not matter; w = 2 follows the label
+    assert files[3, 0].read_bytes() == files[5, 0].read_bytes()
+    assert files[3, 2].read_bytes() != files[5, 2].read_bytes()
+
+
+def test_sample_a_class_with_classifier_guidance(tmp_path, tiny_checkpoint, classifier_checkpoint, capsys):
+    files = {}
+    for digit, scale in ((3, 50), (5, 50), (3, 0), (5, 0)):
+        files[digit, scale] = out = tmp_path / f"cg-{digit}-{scale}.png"
+        code, stdout, _ = run_main(_guided(out, digit, scale, "--checkpoint", tiny_checkpoint, "--sigma", "10",
+                                           "--classifier-checkpoint", classifier_checkpoint), capsys)
+        assert code == 0 and out.is_file(), stdout
+        assert f"guided towards class {digit} by {classifier_checkpoint}" in stdout and f"scale {scale}" in stdout
+    assert files[3, 0].read_bytes() == files[5, 0].read_bytes()          # scale 0: the unconditional samples
+    assert files[3, 50].read_bytes() != files[5, 50].read_bytes()
+
+
+def test_guidance_with_the_wrong_network_or_sde_is_refused(tmp_path, tiny_checkpoint, conditional_checkpoint,
+                                                           classifier_checkpoint, capsys):
+    from sgm_helpers import TimeClassifier
+
+    torch.manual_seed(0)
+    other_sde = _labelled_checkpoint(tmp_path / "ve25.pt", TimeClassifier(channels=(32, 32, 32), embed_dim=16),
+                                     "time_classifier")
+    ckpt = torch.load(other_sde, weights_only=True)
+    ckpt["config"]["sde"] = VESDE(25.0).config()
+    torch.save(ckpt, other_sde)
+    score = _labelled_checkpoint(tmp_path / "score.pt", ScoreNet(VESDE(10.0).marginal_prob_std,
+                                                                 channels=(32, 32, 32, 32), embed_dim=16), "dsm")
+    out = tmp_path / "no.png"
+    cases = {
+        "a classifier as the cfg model": (["--guidance", "cfg", "--checkpoint", classifier_checkpoint],
+                                          "holds a noise-conditional classifier"),
+        "a conditional model as the guided score model": (
+            ["--checkpoint", conditional_checkpoint, "--classifier-checkpoint", classifier_checkpoint],
+            "holds a class-conditional score model"),
+        "a score model as the classifier": (["--checkpoint", score, "--classifier-checkpoint", score],
+                                            "--classifier-checkpoint .* holds an unconditional score model .* this "
+                                            "needs a noise-conditional classifier"),
+        # a checkpoint that records no objective (not written by train) is taken at its word, and fails in the call
+        "an unrecorded score model as the classifier": (["--checkpoint", tiny_checkpoint, "--sigma", "10",
+                                                         "--classifier-checkpoint", tiny_checkpoint],
+                                                        r"classifier must return logits \[B, num_classes\]"),
+        "a classifier of another SDE": (["--checkpoint", tiny_checkpoint, "--sigma", "10", "--classifier-checkpoint",
+                                         other_sde], r"VESDE\(sigma=25\).*VESDE\(sigma=10\)"),
+        "a classifier checkpoint with cfg": (["--guidance", "cfg", "--checkpoint", conditional_checkpoint,
+                                              "--classifier-checkpoint", classifier_checkpoint],
+                                             "--classifier-checkpoint is for --guidance classifier"),
+        "a score model by name for cfg": (["--guidance", "cfg", "--model", "mnist-ve25"],
+                                          "mnist-ve25 is a score_model, not a class-conditional score model"),
+    }
+    for name, (extra, match) in cases.items():
+        code, _, err = run_main(_guided(out, 3, 1, *extra), capsys)
+        assert_one_line_error(code, err)
+        assert re.search(match, err), (name, err)
+    assert not out.exists()
+
+
+def test_a_missing_shipped_model_says_how_to_train_it(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    from sgm_helpers import pretrained
+
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "no-weights")   # an installation without them
+    out = tmp_path / "no.png"
+    code, _, err = run_main(_guided(out, 3, 1, "--guidance", "cfg"), capsys)
+    assert_one_line_error(code, err)
+    assert ("'mnist-conditional'" in err and "python scripts/train_pretrained.py --model conditional" in err
+            and "--checkpoint" in err)
+    code, _, err = run_main(_guided(out, 3, 1, "--checkpoint", tiny_checkpoint, "--sigma", "10"), capsys)
+    assert_one_line_error(code, err)
+    assert ("'mnist-time-classifier'" in err and "python scripts/train_pretrained.py --model time-classifier" in err
+            and "--classifier-checkpoint" in err)
+    assert not out.exists()
+
+
+def test_bad_guidance_arguments_give_a_one_line_error(tmp_path, capsys):
+    out = tmp_path / "no.png"
+    cases = {
+        "class 10": (["sample", "--class", "10"], "--class: must be a digit class 0-9, got '10'"),
+        "class -1": (["sample", "--class", "-1"], "--class: must be a digit class 0-9"),
+        "class three": (["sample", "--class", "three"], "--class: must be a digit class 0-9"),
+        "negative scale": (["sample", "--class", "3", "--scale", "-0.5"], "--scale: must be a finite number >= 0"),
+        "infinite scale": (["sample", "--class", "3", "--scale", "inf"], "--scale: must be a finite number >= 0"),
+        "unknown guidance": (["sample", "--class", "3", "--guidance", "clip"], "--guidance"),
+        "scale without a class": (["sample", "--scale", "2", "--device", "cpu"], "--scale .* --class K"),
+        "guidance without a class": (["sample", "--guidance", "cfg", "--device", "cpu"], "--guidance .* --class K"),
+    }
+    for name, (argv, match) in cases.items():
+        code, _, err = run_main([*argv, "--out", out], capsys)
+        assert_one_line_error(code, err)
+        assert re.search(match, err), (name, err)
+    assert not out.exists()
+
+
+def test_inpaint_help(capsys):
+    code, out, _ = run_main(["inpaint", "--help"], capsys)
+    assert code == 0 and "python -m sgm_helpers inpaint" in out and "--resamplings" in out and "--mask" in out
+
+
+def _grid_cells(path, rows, cols):
+    """The 28x28 cells of a save_image_grid PNG (2-pixel padding), as uint8 tensors [rows, cols, 28, 28]."""
+    with Image.open(path) as img:
+        assert img.size == (cols * 30 + 2, rows * 30 + 2)
+        pixels = torch.from_numpy(np.array(img.convert("L")))
+    return torch.stack([torch.stack([pixels[2 + 30 * r:30 + 30 * r, 2 + 30 * c:30 + 30 * c] for c in range(cols)])
+                        for r in range(rows)])
+
+
+@pytest.mark.parametrize("mask, extra, unknown", [
+    ("bottom", [], (slice(14, 28), slice(None))),
+    ("right", [], (slice(None), slice(14, 28))),
+    ("square", ["--square-size", "6", "--square-at", "3", "20"], (slice(3, 9), slice(20, 26))),
+])
+def test_inpaint_keeps_the_known_pixels_of_test_digits(tmp_path, tiny_mnist, tiny_checkpoint, capsys, mask, extra,
+                                                       unknown):
+    out = tmp_path / "inpaint.png"
+    code, stdout, _ = run_main(["inpaint", "--data-dir", tiny_mnist, "--no-download", "--index", "1", "0",
+                                "--checkpoint", tiny_checkpoint, "--sigma", "10", "--mask", mask, *extra,
+                                "--steps", "2", "--resamplings", "2", "--device", "cpu", "--out", out,
+                                "--no-progress"], capsys)
+    assert code == 0 and f"wrote {out}" in stdout and "MNIST test digits 1 0" in stdout
+    assert "2 steps x 2 resampling(s)" in stdout and "8 score evaluations" in stdout   # corrector + predictor
+    original, masked, completion = _grid_cells(out, rows=3, cols=2)
+    known = torch.ones(28, 28, dtype=torch.bool)
+    known[unknown] = False
+    assert torch.equal(completion[:, known], original[:, known])        # the known pixels, exactly
+    assert torch.equal(masked[:, known], original[:, known])
+    assert (masked[:, ~known] == 128).all()                               # the region to fill in, gray
+    assert not torch.equal(completion[:, ~known], original[:, ~known])
+
+
+def test_inpaint_an_image_file(tmp_path, tiny_checkpoint, capsys):
+    image = tmp_path / "digit.png"
+    Image.fromarray((torch.rand(56, 56, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()).save(image)
+    out = tmp_path / "inpaint.png"
+    code, stdout, _ = run_main(["inpaint", "--image", image, "--invert", "--checkpoint", tiny_checkpoint, "--sigma",
+                                "10", "--mask", "left", "--steps", "2", "--no-corrector", "--device", "cpu",
+                                "--out", out, "--no-progress"], capsys)
+    assert code == 0 and "(inverted), resized from 56x56" in stdout and "2 score evaluations" in stdout
+    assert _grid_cells(out, rows=3, cols=1).shape == (3, 1, 28, 28)
+
+
+def test_bad_inpaint_arguments_give_a_one_line_error(tmp_path, tiny_mnist, tiny_checkpoint, capsys):
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("a digit")
+    base = ["inpaint", "--data-dir", tiny_mnist, "--no-download", "--checkpoint", tiny_checkpoint, "--sigma", "10",
+            "--steps", "2", "--device", "cpu", "--no-progress", "--out", tmp_path / "no.png"]
+    cases = {
+        "index past the split": (["--index", "2"], "--index 2 is past the MNIST test split"),
+        "negative index": (["--index", "-1"], "--index"),
+        "index and image": (["--index", "0", "--image", not_an_image], "not allowed with argument"),
+        "not an image": (["--image", not_an_image], "not an image file"),
+        "missing image": (["--image", tmp_path / "missing.png"], "no such file"),
+        "unknown mask": (["--mask", "diagonal"], "--mask"),
+        "square outside": (["--mask", "square", "--square-size", "10", "--square-at", "20", "0"],
+                           "--square-at 20 0 with --square-size 10 leaves the 28x28 image"),
+        "square too big": (["--mask", "square", "--square-size", "28"], "--square-size must be below 28"),
+        "square options without a square": (["--square-size", "4"], "--square-size and --square-at place --mask"),
+        "zero resamplings": (["--resamplings", "0"], "--resamplings"),
+        "invert without an image": (["--invert"], "--invert is for --image"),
+        "not a png": (["--out", tmp_path / "x.jpg"], "--out must be a .png"),
+    }
+    for name, (extra, match) in cases.items():
+        code, _, err = run_main([*base, *extra], capsys)
+        assert_one_line_error(code, err)
+        assert re.search(match, err), (name, err)
+    assert not (tmp_path / "no.png").exists()
+
+
+# --- scripts/train_pretrained.py --model: every network of its table ---------------------------------------------
+
+
+def _training_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "train_pretrained.py"
+    spec = importlib.util.spec_from_file_location("train_pretrained", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_every_network_of_the_training_script_rebuilds_from_its_architecture():
+    from sgm_helpers.pretrained import build_model
+
+    script = _training_script()
+    assert script.parse_args([]).model == "scorenet" and script.parse_args([]).p_uncond == 0.0
+    assert script.parse_args([]).channels == [32, 64, 128, 256]
+    for name, network in script.NETWORKS.items():
+        args = script.parse_args(["--model", name])
+        assert args.p_uncond == (0.1 if network.objective == "conditional_dsm" else 0.0)
+        model = network.build(VESDE(25.0), args.channels)
+        rebuilt = build_model(model.architecture, VESDE(25.0))               # what the manifest and checkpoints hold
+        assert type(rebuilt) is type(model) and rebuilt.architecture == model.architecture
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--model", "scorenet", "--p-uncond", "0.2"], "--p-uncond is for a class-conditional --model"),
+    (["--model", "conditional", "--p-uncond", "1.5"], r"--p-uncond must be a probability in \[0, 1\]"),
+    (["--model", "time-classifier", "--dequantize"], "--dequantize is for score models"),
+    (["--model", "time-classifier", "--likelihood-weighting"], "--likelihood-weighting is for score models"),
+    (["--model", "resnet"], "invalid choice: 'resnet'"),
+])
+def test_the_training_script_refuses_settings_that_do_not_fit_the_model(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        _training_script().parse_args(argv)
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_the_training_script_trains_and_evaluates_a_time_classifier(tmp_path, tiny_mnist, monkeypatch, capsys):
+    monkeypatch.setenv("SGM_DATA_DIR", str(tiny_mnist))
+    script = _training_script()
+    out, export = tmp_path / "clf.pt", tmp_path / "clf-export.pt"
+    script.main(["--model", "time-classifier", "--out", str(out), "--epochs", "1", "--batch-size", "2",
+                 "--channels", "32", "32", "32", "--holdout", "2", "--eval-holdout", "2", "--device", "cpu",
+                 "--export", str(export)])
+    printed = capsys.readouterr().out
+    assert "TimeClassifier, objective time_classifier" in printed and "held-out accuracy on noised images" in printed
+    info = torch.load(export, weights_only=False)["info"]            # ours; "info" holds a TorchVersion
+    assert info["kind"] == "time_classifier" and info["objective"] == "time_classifier"
+    assert info["architecture"] == {"class": "TimeClassifier", "channels": [32, 32, 32], "embed_dim": 128,
+                                    "num_classes": 10}
+    accuracy = info["holdout_accuracy"]
+    assert accuracy["n"] == 2 and "holdout_bpd" not in info
+    for which in ("raw", "ema"):
+        assert set(accuracy[which]["accuracy"]) == {"t~U(eps,1)", *(f"t={t:g}" for t in script.EVAL_TIMES)}
+        assert all(v in (0.0, 0.5, 1.0) for v in accuracy[which]["accuracy"].values())   # 2 images
+    config = torch.load(out, weights_only=True)["config"]
+    assert config["objective"] == "time_classifier" and config["n_train"] == 2

@@ -2,13 +2,20 @@
 
 import copy
 import math
+import os
 import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-from sgm_helpers import VESDE, ScoreNet, dsm_loss, load_checkpoint, make_ema, save_checkpoint, train
+from sgm_helpers import (VESDE, ScoreNet, TimeClassifier, dsm_loss, load_checkpoint, make_ema, save_checkpoint,
+                         time_classifier_loss, train)
+from sgm_helpers.training import _epoch_permutation
 
 SDE = VESDE(25.0)
 S0 = torch.tensor([0.5, 2.0])
@@ -320,3 +327,224 @@ def test_a_diverging_loss_stops_with_the_step(tmp_path):
     with pytest.raises(FloatingPointError, match="NaN or inf at step 3 "):
         _train(Exploding(), 8, log_every=5, checkpoint_path=path)
     assert not path.exists()                    # no checkpoint of the broken weights
+
+
+# --- objectives: a class-conditional score model and a noise-conditional classifier through the same loop
+
+
+class _CondMLPScore(nn.Module):
+    """s(x, t, y) = net([x, log std(t), one_hot(y)]) / std(t) for 2-D data and 3 classes (null class 3),
+    recording the labels of every call."""
+
+    num_classes = null_class = 3
+
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3 + 4, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, 2))
+        self.seen = []
+
+    def forward(self, x, t, y):
+        self.seen.append(y.clone())
+        std = SDE.marginal_prob_std(t)[:, None]
+        return self.net(torch.cat([x, torch.log(std), nn.functional.one_hot(y, 4).to(x.dtype)], dim=1)) / std
+
+
+class _MLPClassifier(nn.Module):
+    """logits(x, t) = net([x, log std(t)]) for 2-D data and 2 classes."""
+
+    num_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 32), nn.SiLU(), nn.Linear(32, 32), nn.SiLU(), nn.Linear(32, 2))
+
+    def forward(self, x, t):
+        return self.net(torch.cat([x, torch.log(SDE.marginal_prob_std(t))[:, None]], dim=1))
+
+
+def _labels(n=256, k=3):
+    return torch.arange(n) % k
+
+
+def _cond_model(seed=1):
+    torch.manual_seed(seed)
+    return _CondMLPScore()
+
+
+def test_conditional_dsm_feeds_each_example_its_own_label():
+    model = _cond_model()
+    labels = _labels()
+    losses = train(model, (_data(), labels), SDE.marginal_prob_std, epochs=1, batch_size=64, lr=1e-2, seed=3,
+                   progress=False, objective="conditional_dsm")
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    # p_uncond = 0: the model saw the labels of the epoch's batches, in the permutation's order, none dropped
+    assert torch.equal(torch.cat(model.seen), labels[_epoch_permutation(256, 3, 0)])
+
+
+def test_conditional_dsm_drops_labels_to_the_null_class_with_p_uncond():
+    labels = _labels()
+    seen = {}
+    for p in (0.5, 1.0):
+        model = _cond_model()
+        train(model, (_data(), labels), SDE.marginal_prob_std, epochs=1, batch_size=64, lr=1e-2, seed=3,
+              progress=False, objective="conditional_dsm", p_uncond=p)
+        seen[p] = torch.cat(model.seen)
+    expected = labels[_epoch_permutation(256, 3, 0)]
+    assert (seen[1.0] == 3).all()                                     # p = 1: every label dropped
+    dropped = seen[0.5] == 3
+    assert torch.equal(seen[0.5][~dropped], expected[~dropped])       # the others are the examples' own labels
+    assert 0.3 < dropped.float().mean() < 0.7                         # 256 draws of p = 0.5: sd 0.03
+
+
+def test_conditional_dsm_learns_the_label():
+    # Each class is its own cluster, far apart: a trained conditional model's loss with the true labels is far
+    # below its loss with the wrong ones (the same t and z draws), which an untrained one cannot tell apart.
+    centers = torch.tensor([[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    labels = _labels(512)
+    data = centers[labels] + 0.3 * torch.randn(512, 2, generator=torch.Generator().manual_seed(0))
+    model = _cond_model()
+
+    def eval_loss(y):
+        with torch.no_grad():
+            return float(dsm_loss(model, data, SDE.marginal_prob_std, generator=torch.Generator().manual_seed(11),
+                                  y=y))
+
+    wrong = (labels + 1) % 3
+    assert eval_loss(labels) > 0.5 * eval_loss(wrong)
+    losses = train(model, (data, labels), SDE.marginal_prob_std, steps=150, batch_size=64, lr=1e-2, seed=3,
+                   progress=False, objective="conditional_dsm", p_uncond=0.1)
+    assert all(math.isfinite(v) for v in losses)
+    assert eval_loss(labels) < 0.2 * eval_loss(wrong)
+
+
+def _classifier_toy(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    images = torch.stack([8.0 * labels - 4.0, torch.zeros(n)], dim=1) + 0.5 * torch.randn(n, 2, generator=g)
+    return images, labels
+
+
+def test_time_classifier_objective_trains_a_noise_conditional_classifier():
+    torch.manual_seed(0)
+    classifier = _MLPClassifier()
+    x_eval, y_eval = _classifier_toy(4096, seed=10)
+
+    def eval_loss():
+        with torch.no_grad():   # the same t and z draws before and after training: a paired comparison
+            return float(time_classifier_loss(classifier, x_eval, y_eval, SDE,
+                                              generator=torch.Generator().manual_seed(11)))
+
+    before = eval_loss()
+    losses = train(classifier, _classifier_toy(512, seed=0), SDE, steps=150, batch_size=64, lr=1e-2, seed=3,
+                   progress=False, objective="time_classifier")
+    after = eval_loss()
+    assert len(losses) == 150 and all(math.isfinite(v) for v in losses)
+    # Two clusters 8 apart: separable while std(t) is small, a coin toss when it is large; the untrained
+    # classifier starts near log 2.
+    assert before > 0.6
+    assert after < 0.4
+    assert sum(losses[-30:]) / 30 < sum(losses[:30]) / 30
+
+
+@pytest.mark.parametrize("change, key", [({"p_uncond": 0.2}, "p_uncond"), ({"objective": "dsm", "p_uncond": 0.0},
+                                                                            "objective")])
+def test_resume_refuses_another_p_uncond_or_objective(tmp_path, change, key):
+    path = tmp_path / "ckpt.pt"
+    kw = {"batch_size": 32, "lr": 1e-2, "progress": False, "seed": 3, "checkpoint_path": path,
+          "objective": "conditional_dsm", "p_uncond": 0.1}
+    data = (_data(), _labels())
+    train(_cond_model(), data, SDE.marginal_prob_std, steps=2, **kw)
+    config = load_checkpoint(path)["config"]
+    assert config["objective"] == "conditional_dsm" and config["p_uncond"] == 0.1
+    with pytest.raises(ValueError, match=rf"cannot resume from .*ckpt\.pt.*\b{key}="):
+        train(_cond_model(), data, SDE.marginal_prob_std, steps=4, resume=True, **{**kw, **change})
+    assert load_checkpoint(path)["step"] == 2
+    assert len(train(_cond_model(), data, SDE.marginal_prob_std, steps=4, resume=True, **kw)) == 4
+
+
+def test_a_package_network_s_checkpoint_records_its_architecture_and_objective(tmp_path):
+    torch.manual_seed(0)
+    classifier = TimeClassifier(channels=(32, 32, 32), embed_dim=16)
+    images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "clf.pt"
+    train(classifier, (images, torch.arange(8)), SDE, steps=1, batch_size=4, checkpoint_path=path, progress=False,
+          objective="time_classifier")
+    config = load_checkpoint(path)["config"]
+    assert config["architecture"] == classifier.architecture == {"class": "TimeClassifier", "channels": [32, 32, 32],
+                                                                  "embed_dim": 16, "num_classes": 10}
+    assert config["objective"] == "time_classifier" and config["p_uncond"] == 0.0
+    rebuilt = TimeClassifier(**{k: v for k, v in config["architecture"].items() if k != "class"})
+    load_checkpoint(path, rebuilt)                        # the recorded arguments rebuild the same shapes
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"objective": "classifier"}, r"objective must be one of \('dsm', 'conditional_dsm', 'time_classifier'\)"),
+    ({"objective": "conditional_dsm", "data": "images"}, r"objective='conditional_dsm' trains on labelled data"),
+    ({"objective": "time_classifier", "data": "images"}, r"objective='time_classifier' trains on labelled data"),
+    ({"objective": "conditional_dsm", "labels": torch.arange(256)}, r"labels \(data\[1\]\) must hold class labels "
+                                                                    r"in 0\.\.2"),
+    ({"objective": "conditional_dsm", "labels": torch.zeros(256)}, r"labels \(data\[1\]\) must be a \[B\] = \[256\] "
+                                                                   r"integer tensor"),
+    ({"objective": "conditional_dsm", "labels": torch.zeros(255, dtype=torch.long)}, r"labels \(data\[1\]\)"),
+    ({"objective": "conditional_dsm", "p_uncond": 1.5}, r"p_uncond must be a probability in \[0, 1\]"),
+    ({"objective": "conditional_dsm", "p_uncond": float("nan")}, r"p_uncond must be a probability"),
+    ({"p_uncond": 0.1}, r"p_uncond=0.1 .*needs objective='conditional_dsm', not 'dsm'"),
+    ({"objective": "time_classifier", "likelihood_weighting": True}, r"likelihood_weighting is for score models"),
+    ({"objective": "time_classifier", "dequantize": True}, r"dequantize is for score models"),
+    ({"objective": "time_classifier", "likelihood_weighting": True, "importance_sampling": True},
+     r"likelihood_weighting and importance_sampling are for score models"),
+])
+def test_bad_objective_arguments_are_value_errors(kwargs, match):
+    kwargs = dict(kwargs)
+    data = kwargs.pop("data", None)
+    labels = kwargs.pop("labels", _labels())
+    data = _data() if data == "images" else (_data(), labels)
+    with pytest.raises(ValueError, match=match):
+        train(_cond_model(), data, SDE, steps=1, progress=False, **kwargs)
+
+
+def test_data_given_as_another_sequence_is_a_value_error():
+    with pytest.raises(ValueError, match=r"an \(images, labels\) pair, got a sequence of 3"):
+        train(_model(), (_data(), _labels(), _labels()), SDE.marginal_prob_std, steps=1, progress=False)
+
+
+# --- under torchrun: each process's slice of the global batch comes with its own labels -------------------------
+
+
+def test_two_processes_feed_each_example_its_own_label(tmp_path):
+    # This file is the worker (see the bottom): 2 CPU processes train a conditional model with label dropout on
+    # 12 examples in global batches of 4, each recording the labels its model saw.
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             __file__, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**env, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)     # the launcher and both workers
+        log, _ = proc.communicate()
+    assert proc.returncode == 0, log[-5000:]
+    seen = [torch.load(tmp_path / f"seen_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    labels, perm = _labels(12), _epoch_permutation(12, 3, 0)
+    assert len(seen[0]) == len(seen[1]) == 3
+    for k in range(3):
+        expected = labels[perm[4 * k:4 * k + 4]]
+        assert seen[0][k].shape == seen[1][k].shape == (2,)           # rank r: the r-th half of the global batch
+        got = torch.cat([seen[0][k], seen[1][k]])
+        kept = got != _CondMLPScore.null_class
+        assert torch.equal(got[kept], expected[kept])
+    dropped = torch.cat([torch.cat(s) for s in seen]) == _CondMLPScore.null_class
+    assert dropped.any() and not dropped.all()                        # p_uncond = 0.5 reached the null class 3
+
+
+def _labelled_worker(out: Path) -> None:
+    torch.set_num_threads(1)
+    model = _cond_model()
+    train(model, (_data(12), _labels(12)), SDE.marginal_prob_std, steps=3, batch_size=4, lr=1e-2, seed=3,
+          progress=False, objective="conditional_dsm", p_uncond=0.5)
+    torch.save(model.seen, out / f"seen_rank{os.environ['RANK']}.pt")
+
+
+if __name__ == "__main__":
+    _labelled_worker(Path(sys.argv[1]))
