@@ -2,10 +2,11 @@
 
     python scripts/export_pretrained.py --checkpoint runs/mnist-ve25.pt --which ema --name mnist-ve25
 
-Writes the plain ``ScoreNet`` state dict (the EMA weights, with the ``module.`` prefix of
+Writes the network's plain state dict (the EMA weights, with the ``module.`` prefix of
 ``AveragedModel`` removed, or the raw weights) to ``sgm_helpers/weights/<name>.pt`` and records
-in ``sgm_helpers/weights/manifest.json`` its sha256, the SDE, the architecture and the training
-configuration read from the checkpoint. The SDE is the one the checkpoint records (checkpoints
+in ``sgm_helpers/weights/manifest.json`` its sha256, its kind (from the training objective the
+checkpoint records: a score model, a class-conditional score model or a noise-conditional classifier),
+the SDE, the architecture and the training configuration read from the checkpoint. The SDE is the one the checkpoint records (checkpoints
 written before SDE configs were recorded are taken as ``VESDE(--sigma)``).
 """
 
@@ -16,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from sgm_helpers.pretrained import (WEIGHTS_DIR, checkpoint_sde, checkpoint_state_dict, scorenet_architecture,
+from sgm_helpers.pretrained import (WEIGHTS_DIR, checkpoint_architecture, checkpoint_sde, checkpoint_state_dict,
                                     sha256_file, write_manifest_entry)
 from sgm_helpers.sde import VESDE
 from sgm_helpers.training import CHECKPOINT_FORMAT
 
 TRAIN_COMMAND = "SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py --out runs/mnist-ve25.pt"
+KINDS = {"dsm": "score_model", "conditional_dsm": "conditional_score_model", "time_classifier": "time_classifier"}
 
 
 def main():
@@ -31,8 +33,9 @@ def main():
     p.add_argument("--name", default="mnist-ve25", help="registry name; the file is weights/<name>.pt")
     p.add_argument("--sigma", type=float, default=25.0,
                    help="for an old checkpoint that records no SDE: the VE SDE's sigma it was trained with")
-    p.add_argument("--train-images", type=int, default=5000,
-                   help="size of the training set (MNIST training split; 5,000 offline)")
+    p.add_argument("--train-images", type=int, default=55000,
+                   help="how many images of the MNIST training split it trained on (the first 55,000: "
+                        "train_pretrained.py --holdout 5000 keeps the last 5,000 for choices)")
     p.add_argument("--train-command", default=TRAIN_COMMAND, help="the command that trained the checkpoint")
     args = p.parse_args()
 
@@ -54,12 +57,12 @@ def main():
     steps_per_epoch = -(-args.train_images // config["batch_size"]) if "batch_size" in config else None
     tail = losses[-500:]
     entry = {
-        "kind": "score_model",
+        "kind": KINDS[config.get("objective", "dsm")],
         "file": out.name,
         "sha256": sha256_file(out),
         "bytes": out.stat().st_size,
         "sde": (checkpoint_sde(ckpt) or VESDE(args.sigma)).config(),
-        "architecture": {"class": "ScoreNet", **scorenet_architecture(state)},
+        "architecture": checkpoint_architecture(ckpt),
         "weights": args.which,
         "training": {
             **config,
@@ -68,7 +71,7 @@ def main():
             "ema_n_averaged": int(ckpt["ema"]["n_averaged"]) if ckpt.get("ema") is not None else None,
             "final_loss_last500_mean": sum(tail) / len(tail) if tail else None,
             "train_images": args.train_images,
-            "data": "MNIST training split (offline: the 5,000-image class-balanced subset); never the test split",
+            "data": f"the first {args.train_images} images of the MNIST training split; never the test split",
             "command": args.train_command,
         },
     }

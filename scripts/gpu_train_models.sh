@@ -8,7 +8,8 @@
 # held out for choices), stops at the end of the first epoch past BUDGET seconds, evaluates bits/dim of
 # its raw and EMA weights on 2,000 held-out images, and exports both to $OUT/<name>.pt with its
 # command, seed, wall time and throughput. The evaluation classifier is retrained on all 60,000
-# training images. Logs go to $OUT/train.log.
+# training images (weights and manifest in $OUT/classifier.tar). Logs go to $OUT/train.log. At most
+# eight files come back from the device, each under 16 MB: six exports, the tar and the log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT}" "${DATA:?set DATA}"
@@ -25,14 +26,16 @@ declare -A cmd=(
   [ve25]="--sde ve --sigma 25 --epochs 100 --batch-size 128 --lr 2e-4"
   [vp-lw]="--sde vp $lw --epochs 400 --batch-size 128 --lr 2e-4"
   [subvp-lw]="--sde subvp $lw --epochs 400 --batch-size 128 --lr 2e-4"
-  [subvp-lw-wide]="--sde subvp $lw --epochs 400 --batch-size 128 --lr 2e-4 --channels 64 128 256 256"
+  [unet-subvp-lw]="--model unet --sde subvp $lw --epochs 400 --batch-size 128 --lr 2e-4"
+  [conditional]="--model conditional --sde ve --sigma 25 --epochs 100 --batch-size 128 --lr 2e-4"
+  [time-classifier]="--model time-classifier --sde ve --sigma 25 --epochs 100 --batch-size 128 --lr 1e-3"
 )
 for name in "${!cmd[@]}"; do
   python3 scripts/train_pretrained.py --out "$RUNS/$name.ckpt" --export "$OUT/$name.pt" $common ${cmd[$name]} \
     > "$RUNS/$name.log" 2>&1 &
 done
 python3 scripts/train_classifier.py --epochs "$CLASSIFIER_EPOCHS" --device "$DEVICE" --threads 2 > "$RUNS/classifier.log" 2>&1 \
-  && cp sgm_helpers/weights/mnist-classifier.pt sgm_helpers/weights/manifest.json "$OUT/" &
+  && tar -cf "$OUT/classifier.tar" sgm_helpers/weights/mnist-classifier.pt sgm_helpers/weights/manifest.json &
 wait
 for log in "$RUNS"/*.log; do echo "=== $(basename "$log")"; cat "$log"; done | tee "$OUT/train.log"
 nvidia-smi --query-gpu=name,memory.used --format=csv >> "$OUT/train.log" 2>&1 || true
