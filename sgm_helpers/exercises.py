@@ -5,12 +5,13 @@ implementation on the same seeded random inputs of a few shapes. If they agree i
 congratulation; if not it raises :class:`ExerciseError` with one sentence that says what is wrong:
 an exception, ``None`` or a non-tensor result, the wrong shape, NaN, the wrong sign, a constant
 factor or offset, or one of the exercise's common mistakes. Each common mistake is computed from the
-package's function with changed inputs (``dsm_loss`` of the negated model is the loss with the
-wrong sign inside the norm), so a diagnosis is only as right as the package, which is tested.
+package's function, with changed inputs (``dsm_loss`` of the negated model is the loss with the wrong
+sign inside the norm) or a rearranged output, so a diagnosis is as right as the package, which is tested.
 
-A learner's function takes the arguments of the package's. Where the package draws noise from a
-``generator`` (the Langevin step, the DSM loss, the samplers' steps), the exercise's stub draws it the
-same way, so both see the same noise and the package's function is itself a correct answer.
+Where the package has a function of the same arguments (``dsm_loss``, ``euler_maruyama_step``,
+``bits_per_dim``...), the learner writes that signature, and the package's function is itself a correct
+answer. Where it draws noise from a ``generator`` (the Langevin step, the DSM loss, the samplers' steps),
+the exercise's stub draws it the same way, so both see the same noise.
 
     notebook 1: check_gaussian_score, check_langevin_step, check_noised_gaussian_score
     notebook 2: check_ve_std, check_ve_diffusion_coeff, check_dsm_loss
