@@ -118,7 +118,7 @@ def bench_likelihood(args, model, sde, device) -> dict:
     def package(**kw):
         images = sgm.load_mnist(train=False, root=root, download=False)[0][:n]
         return sgm.evaluate_bpd(model, sde, images, batch_size=batch, generator=torch.Generator().manual_seed(args.seed),
-                                progress=False, device=device, **kw)
+                                progress=False, device=device, hutchinson="gaussian", **kw)   # the tutorial's probes
 
     def tutorial():
         loader = baseline.test_loader(root, n, batch, num_workers=args.baseline_workers)

@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "probability-flow ODE likelihood with a Hutchinson trace estimate).")
     p.add_argument("--n", type=_positive_int, default=1000, help="number of test images (default: 1000)")
     p.add_argument("--batch-size", type=_positive_int, default=100)
-    p.add_argument("--hutchinson", choices=["gaussian", "rademacher"], default="gaussian")
+    p.add_argument("--hutchinson", choices=["rademacher", "gaussian"], default="rademacher",
+                   help="Hutchinson probes (default: rademacher; gaussian is the tutorial's)")
     p.add_argument("--json", type=Path, help="also write the result to this JSON file")
     p.set_defaults(func=cmd_bpd)
 
@@ -249,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "time. Writes sample grids and a JSON file to --out-dir.")
     p.add_argument("--bpd-n", type=_nonnegative_int, default=10000, help="test images for bits/dim (0 skips)")
     p.add_argument("--bpd-batch-size", type=_positive_int, default=100)
+    p.add_argument("--hutchinson", choices=["rademacher", "gaussian"], default="rademacher",
+                   help="Hutchinson probes for bits/dim (default: rademacher; gaussian is the tutorial's)")
     p.add_argument("--n-samples", type=_positive_int, default=2000, help="samples per sampler (default: 2000)")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="samples drawn per batch")
     p.add_argument("--samplers", nargs="*", choices=sorted(SAMPLERS), default=["em", "pc", "ode"],
@@ -608,7 +611,7 @@ def cmd_evaluate(args) -> int:
         model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
         classifier=load_classifier(device=device), samplers=args.samplers, n_samples=args.n_samples,
         batch_size=args.batch_size, steps=args.steps, snr=args.snr, eps=args.eps, bpd_n=args.bpd_n,
-        bpd_batch_size=args.bpd_batch_size, seed=args.seed, device=device, progress=not args.no_progress,
+        bpd_batch_size=args.bpd_batch_size, hutchinson=args.hutchinson, seed=args.seed, device=device, progress=not args.no_progress,
         grid_dir=args.out_dir, on_update=lambda r: _write_json(json_path, {**header, **r}),
         log=lambda line: print(line, flush=True))
     results["classifier"].update(train_images=classifier_info["training"]["train_images"],

@@ -44,13 +44,14 @@ def draw_samples(sampler: str, score_model, sde, n: int, *, shape=(1, 28, 28), s
 def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: torch.Tensor,
                    train_images: torch.Tensor, classifier, samplers=("em", "pc", "ode"), n_samples: int = 2000,
                    batch_size: int = 500, steps: int | None = None, snr: float = 0.16, eps: float = 1e-3,
-                   bpd_n: int = 10000, bpd_batch_size: int = 100, seed: int = 0, device=None, progress: bool = True,
+                   bpd_n: int = 10000, bpd_batch_size: int = 100, hutchinson: str = "rademacher", seed: int = 0, device=None, progress: bool = True,
                    grid_dir=None, on_update=None, log=print) -> dict:
     """The model card's numbers for one model, as a JSON-ready dict.
 
     - ``classifier``: the evaluation classifier's accuracy on the test images;
     - ``real_data_baseline``: ``n_samples`` training images scored like samples (the Fréchet distance floor);
-    - ``bpd``: bits/dim on the first ``bpd_n`` test images (mean, standard error, score evaluations per batch);
+    - ``bpd``: bits/dim on the first ``bpd_n`` test images (mean, standard error, score evaluations per batch)
+      with ``hutchinson`` probes (see :func:`~sgm_helpers.likelihood.evaluate_bpd`);
     - ``samplers[name]``: for each sampler, the Fréchet distance to the test images in the classifier's
       features (clipped samples, and unclipped), the confidently classified share, the class histogram,
       score evaluations and wall time; with ``grid_dir``, a grid of the first 64 samples is saved there.
@@ -90,8 +91,10 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
     if bpd_n:
         t0 = time.perf_counter()
         bpd = evaluate_bpd(score_model, sde, test_images[:bpd_n], batch_size=bpd_batch_size,
-                           generator=torch.Generator().manual_seed(seed), progress=progress, device=device)
+                           generator=torch.Generator().manual_seed(seed), progress=progress, device=device,
+                           hutchinson=hutchinson)
         results["bpd"] = {"n": bpd_n, "mean": bpd.mean, "stderr": bpd.stderr, "batch_size": bpd_batch_size,
+                          "hutchinson": hutchinson,
                           "nfe_per_batch_mean": sum(bpd.nfe) / len(bpd.nfe), "nfe_per_batch": bpd.nfe,
                           "wall_s": time.perf_counter() - t0}
         log(f"bits/dim on the first {bpd_n} test images: {bpd.mean:.3f} ± {bpd.stderr:.3f} "

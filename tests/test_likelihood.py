@@ -135,6 +135,58 @@ def test_ode_likelihood_with_gaussian_probes_is_unbiased():
     assert abs(float(logp.double().mean()) - exact) < 4 * float(logp.double().std()) / math.sqrt(n)  # ... on average none
 
 
+def _rotated_gaussian(angle=0.5):
+    """2-D data x0 ~ N(0, C) with C = R diag(S0^2) R^T: a non-diagonal score Jacobian -(C + std(t)^2 I)^-1."""
+    c, s = math.cos(angle), math.sin(angle)
+    rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    cov = rot @ torch.diag(S0.double() ** 2) @ rot.T
+
+    def score(x, t):
+        var = SDE.marginal_prob_std(t).double()[:, None, None] ** 2
+        prec = torch.linalg.inv(cov + var * torch.eye(2, dtype=torch.float64))
+        return -(prec @ x.double()[:, :, None])[:, :, 0].to(x.dtype)
+
+    return rot, score
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_probe_noise_of_the_log_likelihood_matches_its_closed_form(kind):
+    # The probe v does not change the path x(t), so logp = exact + v^T M v - tr M with
+    # M = -1/2 int g^2 ds/dx dt = 1/2 R diag(log(v_i(1) / v_i(eps))) R^T for this Gaussian. Its variance over probes is
+    # 2 sum_{i != j} M_ij^2 (Rademacher) or 2 ||M||_F^2 (Gaussian): here about 1.4 against 23 nats^2.
+    rot, score = _rotated_gaussian()
+    m = 0.5 * rot @ torch.diag(torch.tensor([math.log(_var_t(float(s), 1.0) / _var_t(float(s), EPS)) for s in S0],
+                                            dtype=torch.float64)) @ rot.T
+    off_diagonal = 2 * (m ** 2).sum() - 2 * (m.diagonal() ** 2).sum()
+    predicted_var = float(off_diagonal if kind == "rademacher" else 2 * (m ** 2).sum())
+    n = 4_000
+    point = torch.tensor([[0.3, -1.2]])
+    _, logp, _ = ode_likelihood(point.expand(n, 2).contiguous(), score, SDE, hutchinson=kind, eps=EPS,
+                                generator=torch.Generator().manual_seed(15))
+    _, exact, _ = ode_likelihood(point, score, SDE, hutchinson="exact", eps=EPS)
+    logp = logp.double()
+    assert float(logp.var()) == pytest.approx(predicted_var, rel=0.15)
+    assert abs(float(logp.mean() - exact.double())) < 4 * math.sqrt(predicted_var / n)
+
+
+def test_rademacher_probes_are_the_default():
+    # Rademacher probes: never more variance than Gaussian ones (the test above), and the official score_sde default.
+    v = hutchinson_noise((50, 3), generator=torch.Generator().manual_seed(16))
+    assert set(v.unique().tolist()) == {-1.0, 1.0}
+    _, score = _rotated_gaussian()
+    x = _gaussian_points(n=3)
+    runs = {kind: ode_likelihood(x, score, SDE, generator=torch.Generator().manual_seed(17),
+                                 **({} if kind is None else {"hutchinson": kind}))[1]
+            for kind in (None, "rademacher", "gaussian")}
+    assert torch.equal(runs[None], runs["rademacher"]) and not torch.allclose(runs[None], runs["gaussian"])
+    images = torch.randint(0, 256, (3, 1, 1, 2), generator=torch.Generator().manual_seed(18)) / 255.0
+    bpd = {kind: evaluate_bpd(lambda x, t: score(x.flatten(1), t).view_as(x), SDE, images, progress=False,
+                              generator=torch.Generator().manual_seed(19),
+                              **({} if kind is None else {"hutchinson": kind})).bpd
+           for kind in (None, "rademacher", "gaussian")}
+    assert torch.equal(bpd[None], bpd["rademacher"]) and not torch.allclose(bpd[None], bpd["gaussian"])
+
+
 def test_ode_likelihood_on_image_shaped_data():
     s0 = 0.3
 
