@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from .controllable import MASK_REGIONS
 from .samplers import SAMPLERS
 from .sde import SDE_NAMES
 
@@ -47,7 +48,6 @@ KINDS = {
     "time_classifier": ("time_classifier", "a noise-conditional classifier",
                         "python scripts/train_pretrained.py --model time-classifier --out runs/{name}.pt"),
 }
-MASKS = ("bottom", "top", "left", "right", "square")  # inpaint --mask: the region to fill in
 IMAGE_SIZE = 28
 
 
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an image file instead: a light digit on a dark background, as MNIST (see --invert); "
                              "converted to grayscale and resized to 28x28")
     p.add_argument("--invert", action="store_true", help="with --image: a dark digit on a light background")
-    p.add_argument("--mask", choices=MASKS, default="bottom",
+    p.add_argument("--mask", choices=MASK_REGIONS, default="bottom",
                    help="the region to fill in: a half of the image, or a square (default: bottom)")
     p.add_argument("--square-size", type=_positive_int, default=None, help="--mask square: its side (default: 14)")
     p.add_argument("--square-at", type=_nonnegative_int, nargs=2, metavar=("ROW", "COL"),
@@ -452,26 +452,6 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _inpaint_mask(args) -> torch.Tensor:
-    """``[1, 28, 28]``: 1 on the known pixels, 0 on the region --mask names (a half, or the --square-* square)."""
-    n, half = IMAGE_SIZE, IMAGE_SIZE // 2
-    known = torch.ones(1, n, n)
-    if args.mask == "square":
-        size = 14 if args.square_size is None else args.square_size
-        if size >= n:
-            raise ValueError(f"--square-size must be below {n} (the image's side), got {size}")
-        row, col = args.square_at if args.square_at is not None else ((n - size) // 2, (n - size) // 2)
-        if row + size > n or col + size > n:
-            raise ValueError(f"--square-at {row} {col} with --square-size {size} leaves the {n}x{n} image: ROW and "
-                             f"COL must be at most {n - size}")
-        known[:, row:row + size, col:col + size] = 0
-    else:
-        region = {"bottom": (slice(half, n), slice(None)), "top": (slice(0, half), slice(None)),
-                  "left": (slice(None), slice(0, half)), "right": (slice(None), slice(half, n))}[args.mask]
-        known[(slice(None), *region)] = 0
-    return known
-
-
 def _inpaint_inputs(args) -> tuple[torch.Tensor, str]:
     """``([B, 1, 28, 28] images in [0, 1], description)`` from --image or the MNIST test digits --index."""
     if args.image is not None:
@@ -500,7 +480,7 @@ def _inpaint_inputs(args) -> tuple[torch.Tensor, str]:
 
 
 def cmd_inpaint(args) -> int:
-    from .controllable import inpaint
+    from .controllable import inpaint, region_mask
     from .plotting import save_image_grid
     from .samplers import CountingModel
 
@@ -508,7 +488,10 @@ def cmd_inpaint(args) -> int:
         raise ValueError(f"--out must be a .png file, got {args.out}")
     if args.mask != "square" and (args.square_at is not None or args.square_size is not None):
         raise ValueError(f"--square-size and --square-at place --mask square, not --mask {args.mask}")
-    known = _inpaint_mask(args)
+    try:
+        known = region_mask(args.mask, IMAGE_SIZE, square_size=args.square_size, square_at=args.square_at)
+    except ValueError as err:  # say it in the CLI's words
+        raise ValueError(str(err).replace("square_size", "--square-size").replace("square_at", "--square-at")) from None
     images, what = _inpaint_inputs(args)
     device = _device(args)
     model, sde, source = _score_model(args, device)

@@ -314,6 +314,41 @@ def inpaint(score_model, sde, images, mask, *, num_steps: int = 500, snr: float 
     return torch.where(known, images, x)
 
 
+MASK_REGIONS = ("bottom", "top", "left", "right", "square")
+
+
+def region_mask(region: str = "bottom", size: int = 28, *, square_size: int | None = None,
+                square_at: tuple[int, int] | None = None) -> torch.Tensor:
+    """A mask for :func:`inpaint`, ``[1, size, size]`` (bool): True on the known pixels, False on ``region``.
+
+    ``region`` is a half of the image (``"bottom"``, ``"top"``, ``"left"``, ``"right"``) or a ``"square"`` of
+    side ``square_size`` (default: half the image) with its top-left pixel at ``square_at = (row, col)``
+    (default: centred). The square must lie inside the image.
+    """
+    if region not in MASK_REGIONS:
+        raise ValueError(f"region must be one of {MASK_REGIONS}, got {region!r}")
+    n = check_positive_int(size, "size")
+    if region != "square":
+        if square_size is not None or square_at is not None:
+            raise ValueError(f"square_size and square_at place region='square', not region={region!r}")
+        half = n // 2
+        holes = {"bottom": (slice(half, n), slice(None)), "top": (slice(0, half), slice(None)),
+                 "left": (slice(None), slice(0, half)), "right": (slice(None), slice(half, n))}
+        known = torch.ones(1, n, n, dtype=torch.bool)
+        known[(slice(None), *holes[region])] = False
+        return known
+    side = n // 2 if square_size is None else check_positive_int(square_size, "square_size")
+    if side >= n:
+        raise ValueError(f"square_size must be below {n} (the image's side), got {side}")
+    row, col = ((n - side) // 2,) * 2 if square_at is None else square_at
+    if not (0 <= row <= n - side and 0 <= col <= n - side):
+        raise ValueError(f"square_at = ({row}, {col}) with square_size = {side} leaves the {n}x{n} image: row and "
+                         f"col must be in 0..{n - side}")
+    known = torch.ones(1, n, n, dtype=torch.bool)
+    known[:, row:row + side, col:col + side] = False
+    return known
+
+
 def block_basis(factor: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """The ``factor x factor`` Helmert matrix H: orthogonal, first row the normalized mean 1 / sqrt(f).
 

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .models import NULL_CLASS
+from .models import NULL_CLASS, NUM_CLASSES
 from .sde import SDE, sde_of
 from .utils import check_eps, randn
 
@@ -125,7 +125,7 @@ def time_classifier_loss(classifier, x: torch.Tensor, y: torch.Tensor, sde, eps:
     """
     sde = sde_of(sde) or sde
     eps = _check_loss_args(x, sde, eps, False, False)
-    y = check_labels(y, x, getattr(classifier, "num_classes", 10))
+    y = check_labels(y, x, getattr(classifier, "num_classes", NUM_CLASSES))
     t = torch.rand(x.shape[0], device=x.device, generator=generator) * (1.0 - eps) + eps
     z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
     x_t, _ = _perturb(x, sde, t, z)

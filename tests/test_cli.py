@@ -456,7 +456,7 @@ def test_bad_inpaint_arguments_give_a_one_line_error(tmp_path, tiny_mnist, tiny_
         "missing image": (["--image", tmp_path / "missing.png"], "no such file"),
         "unknown mask": (["--mask", "diagonal"], "--mask"),
         "square outside": (["--mask", "square", "--square-size", "10", "--square-at", "20", "0"],
-                           "--square-at 20 0 with --square-size 10 leaves the 28x28 image"),
+                           r"--square-at = \(20, 0\) with --square-size = 10 leaves the 28x28 image"),
         "square too big": (["--mask", "square", "--square-size", "28"], "--square-size must be below 28"),
         "square options without a square": (["--square-size", "4"], "--square-size and --square-at place --mask"),
         "zero resamplings": (["--resamplings", "0"], "--resamplings"),

@@ -22,7 +22,7 @@ import torch
 
 from sgm_helpers import (VESDE, VPSDE, ConditionalScoreNet, CountingModel, MNISTClassifier, ScoreNet, TimeClassifier,
                          subVPSDE, three_modes)
-from sgm_helpers.controllable import (block_basis, block_means, cfg_score, classifier_guided_score,
+from sgm_helpers.controllable import (block_basis, block_means, cfg_score, classifier_guided_score, region_mask,
                                       from_block_basis, inpaint, super_resolve, to_block_basis)
 from sgm_helpers.samplers import sample
 
@@ -350,3 +350,32 @@ def test_subvp_inpainting_runs_through_the_same_hook():
     x = inpaint(CORRELATED.score(sde), sde, torch.ones(4, 2), torch.tensor([True, False]), num_steps=5,
                 predictor="ancestral", corrector=False, generator=gen(14), progress=False)
     assert torch.all(x[:, 0] == 1.0) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("region, hole", [("bottom", (slice(14, 28), slice(None))), ("top", (slice(0, 14), slice(None))),
+                                          ("left", (slice(None), slice(0, 14))), ("right", (slice(None), slice(14, 28)))])
+def test_region_mask_halves(region, hole):
+    known = region_mask(region)
+    expected = torch.ones(1, 28, 28, dtype=torch.bool)
+    expected[(slice(None), *hole)] = False
+    assert known.dtype == torch.bool and torch.equal(known, expected)
+
+
+def test_region_mask_square_default_is_centred_and_placed_where_asked():
+    assert (~region_mask("square")).nonzero()[:, 1:].unique(dim=0).shape == (14 * 14, 2)
+    assert torch.equal((~region_mask("square"))[0].nonzero().min(0).values, torch.tensor([7, 7]))
+    known = region_mask("square", 10, square_size=3, square_at=(7, 0))
+    assert (~known).sum() == 9 and not known[0, 7:10, 0:3].any() and known[0, 6].all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(region="diagonal"), "region must be one of"),
+    (dict(region="square", square_size=28), "square_size must be below 28"),
+    (dict(region="square", square_size=10, square_at=(20, 0)), "row and col must be in 0..18"),
+    (dict(region="square", square_size=10, square_at=(-1, 0)), "row and col must be in 0..18"),
+    (dict(region="bottom", square_size=4), "place region='square'"),
+    (dict(region="square", size=0), "size"),
+])
+def test_a_bad_region_mask_is_a_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        region_mask(**kwargs)
