@@ -105,6 +105,10 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=PRECISIONS, default="float32")
     p.add_argument("--time-budget", type=float, default=None, help="seconds; stop (resumably) past it")
     p.add_argument("--chunk-steps", type=int, default=None, help="steps between time checks (default: an epoch)")
+    p.add_argument("--init-from", default=None, metavar="NAME_OR_CHECKPOINT",
+                   help="start a new run from these weights: a bundled model's name or a training checkpoint (its "
+                        "EMA weights); a class-conditional --model takes a score model's, its label embedding "
+                        "starting at zero (so it starts as that model for every label)")
     p.add_argument("--export", default=None, help="also write {raw, ema, info} weights here at the end")
     p.add_argument("--eval-holdout", type=int, default=0,
                    help="at the end, bits/dim (a classifier: accuracy) of the raw and EMA weights on this many "
@@ -142,6 +146,7 @@ def main(argv=None):
         model = network.build(sde, args.channels)
     except ValueError as err:
         raise SystemExit(f"error: --channels {' '.join(map(str, args.channels))} for --model {args.model}: {err}")
+    init = init_weights(model, args.init_from, sde) if args.init_from and not Path(args.out).is_file() else None
     ema = make_ema(model, args.ema_decay)
     env = init_distributed(device)  # under torchrun: one process per GPU, rank 0 prints; a no-op otherwise
     log = print if env.rank == 0 else (lambda *a, **k: None)
@@ -187,6 +192,7 @@ def main(argv=None):
             "train_images": len(images), "holdout": args.holdout, "device": str(device),
             **({"processes": env.world_size} if env.world_size > 1 else {}),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            **({"init_from_sha256": init} if init else {}),
             "torch": torch.__version__, "final_loss_last500_mean": sum(losses[-500:]) / max(len(losses[-500:]), 1)}
     ckpt = read_checkpoint(args.out)
     if args.eval_holdout and network.objective == "time_classifier":
@@ -199,6 +205,33 @@ def main(argv=None):
         torch.save({"raw": checkpoint_state_dict(ckpt, "raw"), "ema": checkpoint_state_dict(ckpt, "ema"),
                     "info": info, "losses": ckpt["losses"]}, args.export)
         print(f"exported raw and EMA weights to {args.export}", flush=True)
+
+
+def init_weights(model, source: str, sde) -> str:
+    """Load ``source``'s weights into ``model`` (a bundled model's name, or a checkpoint's EMA weights); returns
+    the sha256 of those weights as stored (the bundled file, or the checkpoint file) for the run's record.
+
+    Every parameter must match, except a label embedding the source lacks: it keeps its zero initialization."""
+    from sgm_helpers.pretrained import (available_models, checkpoint_sde, load_pretrained, model_info, pretrained_sde,
+                                        sha256_file)
+
+    if Path(source).is_file():
+        ckpt = read_checkpoint(source)
+        state, digest, source_sde = checkpoint_state_dict(ckpt, "ema"), sha256_file(source), checkpoint_sde(ckpt)
+    elif source in available_models():
+        state, digest = load_pretrained(source, device="cpu").state_dict(), model_info(source)["sha256"]
+        source_sde = pretrained_sde(source)
+    else:
+        raise SystemExit(f"error: --init-from {source}: neither a file nor a bundled model ({', '.join(available_models())})")
+    if source_sde is not None and source_sde.config() != sde.config():
+        raise SystemExit(f"error: --init-from {source} was trained with {source_sde}, this run uses {sde}")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a shape that differs
+        raise SystemExit(f"error: --init-from {source} does not fit --model: {str(err).splitlines()[1].strip()}")
+    if unexpected or any(not key.startswith("label_embed") for key in missing):
+        raise SystemExit(f"error: --init-from {source} does not fit --model: missing {missing}, unexpected {unexpected}")
+    return digest
 
 
 def held_out_split(args) -> tuple[torch.Tensor, torch.Tensor]:

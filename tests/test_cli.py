@@ -533,3 +533,32 @@ def test_the_training_script_trains_and_evaluates_a_time_classifier(tmp_path, ti
         assert all(v in (0.0, 0.5, 1.0) for v in accuracy[which]["accuracy"].values())   # 2 images
     config = torch.load(out, weights_only=True)["config"]
     assert config["objective"] == "time_classifier" and config["n_train"] == 2
+
+
+def test_init_from_starts_a_conditional_model_as_the_score_model_it_came_from(tmp_path, tiny_mnist, monkeypatch,
+                                                                               capsys):
+    from sgm_helpers.pretrained import checkpoint_model, read_checkpoint, sha256_file
+
+    monkeypatch.setenv("SGM_DATA_DIR", str(tiny_mnist))
+    script = _training_script()
+    small = ["--channels", "32", "32", "32", "32", "--batch-size", "2", "--device", "cpu", "--epochs", "1"]
+    plain = tmp_path / "plain.pt"
+    script.main(["--out", str(plain), "--sigma", "10", *small])
+    source = checkpoint_model(read_checkpoint(plain), VESDE(10.0), "ema").eval()
+    start = script.NETWORKS["conditional"].build(VESDE(10.0), [32] * 4).eval()
+    assert script.init_weights(start, str(plain), VESDE(10.0)) == sha256_file(plain)
+    x, t = torch.rand(3, 1, 28, 28), torch.tensor([0.1, 0.5, 0.9])
+    with torch.no_grad():
+        for y in (None, torch.tensor([0, 4, 9])):   # zero label embedding: the source model for every label
+            torch.testing.assert_close(start(x, t, y), source(x, t), rtol=0, atol=0)
+    with pytest.raises(SystemExit, match="trained with VESDE"):
+        script.init_weights(start, str(plain), VESDE(25.0))
+    with pytest.raises(SystemExit, match="neither a file nor a bundled model"):
+        script.init_weights(start, "mnist-nothing", VESDE(10.0))
+    with pytest.raises(SystemExit, match="does not fit"):
+        script.init_weights(script.NETWORKS["time-classifier"].build(VESDE(10.0), [32] * 3), str(plain), VESDE(10.0))
+    export = tmp_path / "cond-export.pt"                                  # the run records where it started
+    script.main(["--model", "conditional", "--init-from", str(plain), "--out", str(tmp_path / "cond.pt"),
+                 "--sigma", "10", *small, "--export", str(export)])
+    info = torch.load(export, weights_only=False)["info"]
+    assert info["init_from"] == str(plain) and info["init_from_sha256"] == sha256_file(plain)
