@@ -27,7 +27,7 @@ from .samplers import (SAMPLERS, CountingModel, ancestral_sampler, dpm_solver_sa
                        euler_maruyama_sampler,
                        get_sampler, heun_sampler, ode_sampler, pc_sampler, reverse_sde_sampler, sample)
 from .sde import SDE, VESDE, VPSDE, forward_sde_paths, make_sde, subVPSDE
-from .toy import GaussianMixture, ring, single_gaussian, three_modes, two_modes
+from .toy import Gaussian, GaussianMixture, ring, single_gaussian, three_modes, two_modes
 from .training import load_checkpoint, make_ema, save_checkpoint, train
 from .utils import get_device, seed_everything
 
@@ -39,7 +39,7 @@ __all__ = [
     "heun_sampler", "dpm_solver_sampler", "edm_sigma_steps", "SAMPLERS", "get_sampler", "sample", "CountingModel",
     "hutchinson_divergence", "exact_divergence", "ode_likelihood", "bits_per_dim", "dequantize", "evaluate_bpd",
     "BPDResult", "show_images", "image_grid", "get_device", "seed_everything",
-    "GaussianMixture", "two_modes", "three_modes", "ring", "single_gaussian",
+    "Gaussian", "GaussianMixture", "two_modes", "three_modes", "ring", "single_gaussian",
     "langevin_dynamics", "annealed_langevin_dynamics",
     "plot_density_and_score", "plot_trajectories", "animate_trajectories",
     "load_pretrained", "pretrained_sde", "load_score_checkpoint", "available_models", "model_info",

@@ -1,4 +1,4 @@
-"""Toy distributions whose score is known exactly: Gaussian mixtures.
+"""Toy distributions whose score is known exactly: Gaussian mixtures, and a Gaussian with a full covariance.
 
 A mixture of K Gaussians with diagonal covariances in D dimensions,
 
@@ -304,6 +304,79 @@ class GaussianMixture:
         log_posterior_t.__doc__ = (f"Exact log p_t(component | x) of {self!r} diffused to time t by {sde!r}: "
                                    "(x [B, D], t) -> [B, K].")
         return log_posterior_t
+
+
+class Gaussian:
+    """N(mu, C) in D dimensions with a full covariance C: exact diffused scores and exact conditionals.
+
+    The mixtures above have diagonal components, whose coordinates are independent given the component;
+    a correlated Gaussian is the simplest case where knowing some coordinates changes the others, which
+    is what inpainting is about. Under any of the SDEs x(t) = alpha x(0) + std z, so
+
+        p_t = N(alpha mu, alpha^2 C + std^2 I),   grad log p_t(x) = -(alpha^2 C + std^2 I)^{-1} (x - alpha mu),
+
+    computed in C's eigenbasis (C = V diag(lam) V^T). Conditioning is closed form too (:meth:`conditional`).
+
+    Args:
+        mean: ``[D]``.
+        cov: ``[D, D]``, symmetric positive definite.
+    """
+
+    def __init__(self, mean, cov):
+        self.mean = _as_float64(mean, "mean")
+        self.cov = _as_float64(cov, "cov")
+        d = self.mean.numel()
+        if self.mean.dim() != 1 or self.cov.shape != (d, d):
+            raise ValueError(f"mean must be [D] and cov [D, D], got {tuple(self.mean.shape)} and {tuple(self.cov.shape)}")
+        if not torch.allclose(self.cov, self.cov.T):
+            raise ValueError("cov must be symmetric")
+        self.lam, self.vec = torch.linalg.eigh(self.cov)
+        if not (self.lam > 0).all():
+            raise ValueError(f"cov must be positive definite, its smallest eigenvalue is {float(self.lam.min()):.3g}")
+
+    @property
+    def dim(self) -> int:
+        return self.mean.numel()
+
+    def __repr__(self) -> str:
+        return f"Gaussian(mean={self.mean.tolist()}, cov={self.cov.tolist()})"
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[n, D]`` float32 draws: mu + V diag(sqrt(lam)) z."""
+        z = randn((check_positive_int(n, "n"), self.dim), generator, dtype=torch.float64)
+        return (self.mean + (z * self.lam.sqrt()) @ self.vec.T).float()
+
+    def perturbed_score(self, sde):
+        """The exact score of p_t = N(alpha mu, alpha^2 C + std^2 I) as a score model ``(x [B, D], t [B]) -> [B, D]``
+        (``x`` may also be ``[B, ...]`` with D values per example, e.g. tiny images; the score has its shape)."""
+        _check_sde(sde)
+
+        def score_model(x: torch.Tensor, t) -> torch.Tensor:
+            flat = x.reshape(len(x), -1).double()                              # images [B, ...] too, D values each
+            alpha, std = _alpha_std(sde, t, flat)
+            alpha, std = (v.reshape(-1, 1) if v.dim() else v for v in (alpha, std))
+            u = (flat - alpha * self.mean.to(flat.device)) @ self.vec.to(flat.device)  # in C's eigenbasis
+            var = alpha ** 2 * self.lam.to(flat.device) + std ** 2
+            return (-(u / var) @ self.vec.T.to(flat.device)).to(x.dtype).reshape(x.shape)
+
+        score_model.__doc__ = (f"Exact score of {self!r} diffused to time t by {sde!r}: "
+                               "(x [B, D] or [B, ...] with D values, t [B]) -> shaped like x.")
+        return score_model
+
+    def conditional(self, known, values) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and covariance of the unknown coordinates given x[known] = values (Schur complement):
+
+            mu_u + C_uk C_kk^{-1} (values - mu_k),     C_uu - C_uk C_kk^{-1} C_ku.
+
+        ``known``: a ``[D]`` boolean mask; ``values``: ``[#known]``.
+        """
+        known = torch.as_tensor(known, dtype=torch.bool)
+        if known.shape != (self.dim,) or known.all() or not known.any():
+            raise ValueError(f"known must be a [{self.dim}] boolean mask with some coordinates known and some not")
+        values = _as_float64(values, "values").reshape(-1)
+        u, k = ~known, known
+        gain = self.cov[u][:, k] @ torch.linalg.inv(self.cov[k][:, k])
+        return self.mean[u] + gain @ (values - self.mean[k]), self.cov[u][:, u] - gain @ self.cov[k][:, u]
 
 
 def _check_sde(sde) -> None:

@@ -20,8 +20,8 @@ import math
 import pytest
 import torch
 
-from sgm_helpers import (VESDE, VPSDE, ConditionalScoreNet, CountingModel, MNISTClassifier, ScoreNet, TimeClassifier,
-                         subVPSDE, three_modes)
+from sgm_helpers import (VESDE, VPSDE, ConditionalScoreNet, CountingModel, Gaussian, MNISTClassifier, ScoreNet,
+                         TimeClassifier, subVPSDE, three_modes)
 from sgm_helpers.controllable import (block_basis, block_means, cfg_score, classifier_guided_score, region_mask,
                                       from_block_basis, inpaint, super_resolve, to_block_basis)
 from sgm_helpers.samplers import sample
@@ -32,22 +32,6 @@ MIX = three_modes()
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)
-
-
-class Gaussian:
-    """N(mu, cov) in D dims; under any of the SDEs p_t = N(alpha mu, alpha^2 cov + std^2 I), with an exact score."""
-
-    def __init__(self, mu, cov):
-        self.mu, self.cov = torch.as_tensor(mu, dtype=torch.float32), torch.as_tensor(cov, dtype=torch.float32)
-        self.lam, self.vec = torch.linalg.eigh(self.cov.double())
-        self.lam, self.vec = self.lam.float(), self.vec.float()
-
-    def score(self, sde):
-        def score_model(x, t):
-            alpha, std = sde.mean_coeff(t)[:, None], sde.marginal_prob_std(t)[:, None]
-            u = (x.reshape(len(x), -1) - alpha * self.mu) @ self.vec
-            return (-(u / (alpha ** 2 * self.lam + std ** 2)) @ self.vec.T).reshape(x.shape)
-        return score_model
 
 
 # --- classifier guidance on the toy ------------------------------------------------------------------
@@ -156,7 +140,7 @@ TRUE_MEAN, TRUE_VAR = RHO, 1 - RHO ** 2  # x2 | x1 = 1
 def _inpaint_correlated(sde, n, **kwargs):
     images = torch.zeros(n, 2)
     images[:, 0] = 1.0
-    x = inpaint(CORRELATED.score(sde), sde, images, torch.tensor([1.0, 0.0]), generator=gen(0), progress=False,
+    x = inpaint(CORRELATED.perturbed_score(sde), sde, images, torch.tensor([1.0, 0.0]), generator=gen(0), progress=False,
                 **kwargs)
     assert torch.all(x[:, 0] == 1.0)  # the known coordinate, exactly
     return x[:, 1].double()
@@ -180,7 +164,7 @@ def test_repaint_resampling_reaches_the_conditional_gaussian():
 
 @pytest.mark.parametrize("corrector, per_step", [(True, 2), (False, 1)])
 def test_inpaint_counts_score_evaluations_and_keeps_known_pixels(corrector, per_step):
-    counted = CountingModel(CORRELATED.score(VPSDE()))
+    counted = CountingModel(CORRELATED.perturbed_score(VPSDE()))
     images = torch.randn(5, 2, generator=gen(5))
     x = inpaint(counted, VPSDE(), images, torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0]]), num_steps=7,
                 resamplings=3, corrector=corrector, generator=gen(6), progress=False)
@@ -252,7 +236,7 @@ def test_super_resolve_a_gaussian_whose_details_are_independent_of_the_block_mea
     sde = VESDE(25.0)
     n = 2000
     low_res = torch.randn(1, 1, 2, 2, generator=g).expand(n, 1, 2, 2)
-    x = super_resolve(gaussian.score(sde), sde, low_res, factor, num_steps=200, corrector=False, generator=gen(13),
+    x = super_resolve(gaussian.perturbed_score(sde), sde, low_res, factor, num_steps=200, corrector=False, generator=gen(13),
                       progress=False)
     torch.testing.assert_close(block_means(x, factor), low_res, rtol=0, atol=1e-5)
     c = to_block_basis(x, factor).reshape(n, d).double()[:, ~known]
@@ -329,12 +313,12 @@ def test_a_conditional_model_without_labels_is_a_value_error():
 def test_a_bad_mask_is_a_value_error(mask, match):
     sde = VESDE()
     with pytest.raises(ValueError, match=match):
-        inpaint(CORRELATED.score(sde), sde, torch.zeros(3, 2), mask, num_steps=2, progress=False)
+        inpaint(CORRELATED.perturbed_score(sde), sde, torch.zeros(3, 2), mask, num_steps=2, progress=False)
 
 
 def test_bad_resamplings_factor_and_images_are_value_errors():
     sde = VESDE()
-    score = CORRELATED.score(sde)
+    score = CORRELATED.perturbed_score(sde)
     with pytest.raises(ValueError, match="resamplings must be an integer >= 1"):
         inpaint(score, sde, torch.zeros(3, 2), torch.tensor([1, 0]), resamplings=0, progress=False)
     with pytest.raises(ValueError, match="images must be a float tensor"):
@@ -347,7 +331,7 @@ def test_bad_resamplings_factor_and_images_are_value_errors():
 
 def test_subvp_inpainting_runs_through_the_same_hook():
     sde = subVPSDE()
-    x = inpaint(CORRELATED.score(sde), sde, torch.ones(4, 2), torch.tensor([True, False]), num_steps=5,
+    x = inpaint(CORRELATED.perturbed_score(sde), sde, torch.ones(4, 2), torch.tensor([True, False]), num_steps=5,
                 predictor="ancestral", corrector=False, generator=gen(14), progress=False)
     assert torch.all(x[:, 0] == 1.0) and torch.isfinite(x).all()
 

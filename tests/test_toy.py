@@ -17,10 +17,10 @@ import torch  # noqa: E402
 from matplotlib import animation  # noqa: E402
 from scipy.stats import multivariate_normal  # noqa: E402
 
-from sgm_helpers import VESDE  # noqa: E402
+from sgm_helpers import VESDE, VPSDE, subVPSDE  # noqa: E402
 from sgm_helpers.likelihood import exact_divergence  # noqa: E402
 from sgm_helpers.plotting import animate_trajectories, plot_density_and_score, plot_trajectories  # noqa: E402
-from sgm_helpers.toy import GaussianMixture, ring, single_gaussian, three_modes, two_modes  # noqa: E402
+from sgm_helpers.toy import Gaussian, GaussianMixture, ring, single_gaussian, three_modes, two_modes  # noqa: E402
 
 Z = 4.5
 
@@ -291,3 +291,51 @@ def test_perturbed_log_posterior_is_bayes_rule_for_scores(sde_name):
         (grad,) = torch.autograd.grad(m.perturbed_log_posterior(sde)(xr, t)[:, k].sum(), xr)
         alone = GaussianMixture(m.means[k:k + 1], m.stds[k:k + 1]).perturbed_score(sde)
         torch.testing.assert_close(m.perturbed_score(sde)(x, t) + grad, alone(x, t))
+
+
+# --- a Gaussian with a full covariance -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("sde", [VESDE(25.0), VPSDE(), subVPSDE()], ids=repr)
+def test_full_covariance_gaussian_score_is_the_gradient_of_the_diffused_density(sde):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    gaussian = Gaussian([1.0, -2.0, 0.5], a @ a.T + 0.1 * torch.eye(3, dtype=torch.float64))
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([1e-3, 0.1, 0.4, 0.7, 1.0], dtype=torch.float64)
+    alpha, std = sde.mean_coeff(t), sde.marginal_prob_std(t)
+    expected = torch.stack([torch.func.grad(lambda xi: torch.distributions.MultivariateNormal(
+        alpha[i] * gaussian.mean, alpha[i] ** 2 * gaussian.cov + std[i] ** 2 * torch.eye(3, dtype=torch.float64)
+    ).log_prob(xi))(x[i]) for i in range(5)])
+    torch.testing.assert_close(gaussian.perturbed_score(sde)(x, t), expected, rtol=1e-7, atol=1e-9)
+    images = x.float().reshape(5, 1, 1, 3)                      # any shape with D values per example
+    assert gaussian.perturbed_score(sde)(images, t.float()).shape == images.shape
+
+
+def test_full_covariance_gaussian_samples_and_conditional():
+    rho = 0.9
+    gaussian = Gaussian([0.0, 0.0], [[1.0, rho], [rho, 1.0]])
+    mean, cov = gaussian.conditional(torch.tensor([True, False]), [1.0])
+    torch.testing.assert_close(mean, torch.tensor([rho], dtype=torch.float64))          # rho x1
+    torch.testing.assert_close(cov, torch.tensor([[1 - rho ** 2]], dtype=torch.float64))  # 1 - rho^2
+    x = gaussian.sample(20_000, generator=torch.Generator().manual_seed(1))
+    assert x.dtype == torch.float32 and x.shape == (20_000, 2)
+    torch.testing.assert_close(torch.cov(x.T.double()), gaussian.cov, rtol=0, atol=0.03)
+
+
+@pytest.mark.parametrize("mean, cov, match", [
+    ([0.0, 0.0], [[1.0, 0.5], [0.4, 1.0]], "symmetric"),
+    ([0.0, 0.0], [[1.0, 2.0], [2.0, 1.0]], "positive definite"),
+    ([0.0, 0.0], [[1.0]], r"mean must be \[D\] and cov \[D, D\]"),
+    ([0.0, float("nan")], [[1.0, 0.0], [0.0, 1.0]], "mean contains NaN"),
+])
+def test_a_bad_full_covariance_gaussian_is_a_value_error(mean, cov, match):
+    with pytest.raises(ValueError, match=match):
+        Gaussian(mean, cov)
+
+
+def test_a_conditional_needs_known_and_unknown_coordinates():
+    gaussian = Gaussian([0.0, 0.0], [[1.0, 0.5], [0.5, 1.0]])
+    for known in ([True, True], [False, False], [True, False, True]):
+        with pytest.raises(ValueError, match="known must be a"):
+            gaussian.conditional(torch.tensor(known), [1.0])
