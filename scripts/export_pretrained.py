@@ -26,6 +26,21 @@ TRAIN_COMMAND = "SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py 
 KINDS = {"dsm": "score_model", "conditional_dsm": "conditional_score_model", "time_classifier": "time_classifier"}
 
 
+RUN_FIELDS = ("command", "wall_s_this_run", "steps_this_run", "steps_per_s", "examples_per_s", "device_name", "torch",
+              "holdout_accuracy", "holdout_bpd", "init_from", "init_from_sha256")
+
+
+def run_record(path) -> dict:
+    """The fields of a ``train_pretrained.py --export`` file's run info that the manifest records (JSON-ready)."""
+    info = torch.load(path, map_location="cpu", weights_only=False)["info"]   # our own file; "torch" is a TorchVersion
+    record = {k: info[k] for k in RUN_FIELDS if info.get(k) is not None}
+    if "torch" in record:
+        record["torch"] = str(record["torch"])
+    if "command" in record:
+        record["command"] = "SGM_DATA_DIR=../shared/data " + record["command"]
+    return record
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="runs/mnist-ve25.pt", help="a package training checkpoint")
@@ -36,8 +51,14 @@ def main():
     p.add_argument("--train-images", type=int, default=55000,
                    help="how many images of the MNIST training split it trained on (the first 55,000: "
                         "train_pretrained.py --holdout 5000 keeps the last 5,000 for choices)")
-    p.add_argument("--train-command", default=TRAIN_COMMAND, help="the command that trained the checkpoint")
+    p.add_argument("--train-command", default=None,
+                   help="the command that trained the checkpoint (default: the --run-info's, else the old default)")
+    p.add_argument("--run-info", default=None, metavar="EXPORT_FILE",
+                   help="the file train_pretrained.py --export wrote at the end of the run: its command, wall time, "
+                        "throughput, device and held-out evaluation go into the manifest")
     args = p.parse_args()
+    run = run_record(args.run_info) if args.run_info else {}
+    command = args.train_command or run.pop("command", None) or TRAIN_COMMAND
 
     # Copy first: the training run may replace the checkpoint while we read it.
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +93,8 @@ def main():
             "final_loss_last500_mean": sum(tail) / len(tail) if tail else None,
             "train_images": args.train_images,
             "data": f"the first {args.train_images} images of the MNIST training split; never the test split",
-            "command": args.train_command,
+            "command": command,
+            **run,
         },
     }
     manifest = write_manifest_entry(args.name, entry)

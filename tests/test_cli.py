@@ -1,4 +1,5 @@
 import io
+import json
 import re
 import subprocess
 import sys
@@ -473,15 +474,19 @@ def test_bad_inpaint_arguments_give_a_one_line_error(tmp_path, tiny_mnist, tiny_
 # --- scripts/train_pretrained.py --model: every network of its table ---------------------------------------------
 
 
-def _training_script():
+def _script(name):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "scripts" / "train_pretrained.py"
-    spec = importlib.util.spec_from_file_location("train_pretrained", path)
+    path = Path(__file__).parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
+
+
+def _training_script():
+    return _script("train_pretrained")
 
 
 def test_every_network_of_the_training_script_rebuilds_from_its_architecture():
@@ -533,6 +538,11 @@ def test_the_training_script_trains_and_evaluates_a_time_classifier(tmp_path, ti
         assert all(v in (0.0, 0.5, 1.0) for v in accuracy[which]["accuracy"].values())   # 2 images
     config = torch.load(out, weights_only=True)["config"]
     assert config["objective"] == "time_classifier" and config["n_train"] == 2
+    record = _script("export_pretrained").run_record(export)   # what the manifest will record of this run
+    assert record["command"].startswith("SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py --model "
+                                        "time-classifier")
+    assert record["holdout_accuracy"] == accuracy and isinstance(record["torch"], str) and record["steps_per_s"] > 0
+    json.dumps(record)
 
 
 def test_init_from_starts_a_conditional_model_as_the_score_model_it_came_from(tmp_path, tiny_mnist, monkeypatch,
