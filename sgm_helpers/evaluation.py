@@ -122,3 +122,65 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
             + (f"; grid {entry['grid']}" if "grid" in entry else ""))
         update(results)
     return results
+
+
+# --- controllable generation (notebook 7): class-conditional samples and completions ----------------------
+
+
+def class_conditional_quality(samples: torch.Tensor, labels: torch.Tensor, classifier, test_images: torch.Tensor,
+                              test_labels: torch.Tensor, *, confidence: float = 0.9, real_images=None,
+                              real_labels=None) -> dict:
+    """How well samples ``[N, 1, 28, 28]`` drawn for ``labels [N]`` match their classes, as a JSON-ready dict.
+
+    The samples are clipped to [0, 1] (as displayed). ``accuracy``: the share that ``classifier`` classifies as
+    the requested label; ``confident_share``: the share whose requested label has probability >= ``confidence``;
+    ``per_class[k]``: those two for label k and the Fréchet distance of its samples' features to those of the
+    test digits of class k. With ``real_images`` (e.g. held-out training digits) and ``real_labels``, each
+    class also gets ``frechet_floor``: the distance real digits reach at the same sample size.
+    """
+    from .classifier import predict_proba
+    from .metrics import classifier_features, frechet_distance
+
+    if labels.shape != (len(samples),):
+        raise ValueError(f"labels must have shape [{len(samples)}], got {tuple(labels.shape)}")
+    x = samples.clamp(0, 1)
+    p = predict_proba(classifier, x)
+    labels = labels.cpu()
+    correct = p.argmax(1) == labels
+    sure = p.gather(1, labels[:, None])[:, 0] >= confidence
+    feats = classifier_features(classifier, x)
+    per_class = {}
+    for k in labels.unique().tolist():
+        mine = labels == k
+        reference = classifier_features(classifier, test_images[test_labels == k])
+        entry = {"n": int(mine.sum()), "accuracy": float(correct[mine].double().mean()),
+                 "confident_share": float(sure[mine].double().mean()),
+                 "frechet_distance": frechet_distance(feats[mine], reference)}
+        if real_images is not None:
+            real = real_images[real_labels == k][:int(mine.sum())]
+            entry["frechet_floor"] = frechet_distance(classifier_features(classifier, real), reference)
+        per_class[str(k)] = entry
+    fds = [e["frechet_distance"] for e in per_class.values()]
+    return {"n": len(x), "accuracy": float(correct.double().mean()), "confident_share": float(sure.double().mean()),
+            "confidence_threshold": confidence, "mean_class_frechet_distance": sum(fds) / len(fds),
+            **({"mean_class_frechet_floor": sum(e["frechet_floor"] for e in per_class.values()) / len(per_class)}
+               if real_images is not None else {}),
+            "per_class": per_class}
+
+
+def nearest_neighbour_fill(images: torch.Tensor, mask: torch.Tensor, pool: torch.Tensor, *,
+                           batch_size: int = 256) -> torch.Tensor:
+    """The inpainting baseline: each image's unknown pixels copied from the ``pool`` image nearest on the known ones.
+
+    ``images [N, 1, H, W]``, ``mask`` 1/True on the known pixels (broadcastable, one mask for all), ``pool
+    [M, 1, H, W]`` (e.g. the training digits). Nearest in squared distance over the known pixels. Returns
+    ``[N, 1, H, W]`` with the known pixels of ``images`` exactly.
+    """
+    known = torch.as_tensor(mask, dtype=torch.bool).expand_as(images[0]).reshape(-1)
+    pool_known = pool.flatten(1)[:, known].float()
+    out = []
+    for i in range(0, len(images), check_positive_int(batch_size, "batch_size")):
+        x = images[i:i + batch_size]
+        nearest = torch.cdist(x.flatten(1)[:, known].float(), pool_known).argmin(1)
+        out.append(torch.where(known.view_as(x[0]), x, pool[nearest].to(x.dtype)))
+    return torch.cat(out)

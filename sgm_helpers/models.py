@@ -231,11 +231,16 @@ class TimeClassifier(nn.Module):
     """A noise-conditional classifier of x(t): logits of p_t(y | x(t)) for classifier guidance.
 
     ScoreNet's encoder in small: the same time embedding (:func:`time_embedding`), added to the
-    features of each of three convolution blocks, then GroupNorm and swish; a global average pool and
-    a linear head.
+    features of each of three convolution blocks, then GroupNorm and swish; a linear head on the
+    flattened 5x5 feature map.
 
         [B,1,28,28] -> conv 3x3 -> [B,c0,26,26] -> conv 3x3/2 -> [B,c1,12,12] -> conv 3x3/2 -> [B,c2,5,5]
-                    -> mean over pixels -> [B,c2] -> linear -> [B,num_classes]
+                    -> flatten -> [B,25 c2] -> linear -> [B,num_classes]
+
+    The head sees where each feature is: a 6 and a 9 share their strokes and differ in where they are, and
+    in a very noisy image the evidence for a digit is spread over all of it. (Averaging the map over its
+    pixels instead reached 95% held-out accuracy at t = 0.01 and 30% at t = 0.5, and guided sampling with it
+    produced the requested digit about as often as chance.)
 
     GroupNorm after every convolution makes the features independent of the input's overall scale, which
     grows from ~0.3 (data) to std(1) (~10 for VE) along the SDE; the time embedding tells the network how
@@ -272,7 +277,7 @@ class TimeClassifier(nn.Module):
         self.conv3 = nn.Conv2d(c[1], c[2], 3, stride=2, bias=False)
         self.dense3 = Dense(embed_dim, c[2])
         self.gnorm3 = nn.GroupNorm(32, num_channels=c[2])
-        self.head = nn.Linear(c[2], self.num_classes)
+        self.head = nn.Linear(c[2] * 5 * 5, self.num_classes)
 
     @property
     def architecture(self) -> dict:
@@ -287,7 +292,7 @@ class TimeClassifier(nn.Module):
         h = act(self.gnorm1(self.conv1(x) + self.dense1(embed)))
         h = act(self.gnorm2(self.conv2(h) + self.dense2(embed)))
         h = act(self.gnorm3(self.conv3(h) + self.dense3(embed)))
-        return self.head(h.mean(dim=(2, 3)))
+        return self.head(h.flatten(1))
 
 
 NORM_GROUPS = 8  # GroupNorm's groups in UNet's blocks: its channel counts are multiples of 8

@@ -73,3 +73,69 @@ def test_cli_evaluate_writes_the_json_through_evaluate_model(tmp_path, capsys):
     assert saved["command"].startswith("python -m sgm_helpers evaluate") and "mnist-ve25" in saved["model"]
     assert saved["samplers"]["heun"]["score_evaluations_per_batch"] == [3]
     assert saved["classifier"]["sha256"] and saved["test_images"] == 3
+
+
+# --- controllable generation ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Real test digits, 12 of each class (what a perfect class-conditional sampler would draw)."""
+    from sgm_helpers import load_mnist
+
+    images, labels = load_mnist(train=False)
+    keep = torch.cat([torch.nonzero(labels == k)[:12, 0] for k in range(10)])
+    return images[keep], labels[keep], images, labels
+
+
+def test_class_conditional_quality_of_real_digits_and_of_mislabelled_ones(digits):
+    from sgm_helpers.evaluation import class_conditional_quality
+
+    x, y, test_images, test_labels = digits
+    clf = load_classifier(device="cpu")
+    good = class_conditional_quality(x, y, clf, test_images, test_labels, real_images=x, real_labels=y)
+    assert good["n"] == 120 and good["accuracy"] > 0.95 and good["confident_share"] > 0.9
+    assert set(good["per_class"]) == {str(k) for k in range(10)} and good["per_class"]["3"]["n"] == 12
+    for entry in good["per_class"].values():   # the samples are the floor's digits: the same distance
+        assert entry["frechet_distance"] == pytest.approx(entry["frechet_floor"])
+    bad = class_conditional_quality(x, (y + 1) % 10, clf, test_images, test_labels)   # every label wrong
+    assert bad["accuracy"] < 0.05 and bad["mean_class_frechet_distance"] > 2 * good["mean_class_frechet_distance"]
+    assert "frechet_floor" not in bad["per_class"]["0"]
+    json.dumps(good)
+    with pytest.raises(ValueError, match=r"labels must have shape \[120\]"):
+        class_conditional_quality(x, y[:5], clf, test_images, test_labels)
+
+
+def test_nearest_neighbour_fill_copies_the_unknown_pixels_of_the_nearest_pool_image(digits):
+    from sgm_helpers.controllable import region_mask
+    from sgm_helpers.evaluation import nearest_neighbour_fill
+
+    x, _, _, _ = digits
+    pool = x[10:]
+    mask = region_mask("bottom")
+    query = x[[12, 40, 100]].clone()
+    query[..., 14:, :] = 0.5                                   # whatever is under the mask is not read
+    filled = nearest_neighbour_fill(query, mask, pool, batch_size=2)
+    assert torch.equal(filled[..., :14, :], query[..., :14, :])                  # the known pixels, exactly
+    assert torch.equal(filled[..., 14:, :], x[[12, 40, 100]][..., 14:, :])        # each is in the pool itself
+
+
+def test_evaluate_controllable_script_writes_inpainting_and_super_resolution_results(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "evaluate_controllable.py"
+    spec = importlib.util.spec_from_file_location("evaluate_controllable", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["inpaint", "--regions", "bottom", "square", "--n", "3", "--steps", "2", "--batch-size", "2",
+                 "--device", "cpu", "--json", str(tmp_path / "inpaint.json")])
+    inpainting = json.loads((tmp_path / "inpaint.json").read_text())
+    assert set(inpainting["regions"]) == {"bottom", "square"} and inpainting["n"] == 3
+    assert all(r["known_pixels_kept_exactly"] for r in inpainting["regions"].values())
+    assert 0 <= inpainting["regions"]["bottom"]["nearest_neighbour_accuracy"] <= 1
+    script.main(["super-resolution", "--factors", "2", "--n", "2", "--steps", "2", "--device", "cpu",
+                 "--json", str(tmp_path / "sr.json")])
+    sr = json.loads((tmp_path / "sr.json").read_text())["factors"]["2"]
+    assert sr["block_means_max_error"] < 1e-5 and set(sr) >= {"super_resolve", "block_repeat", "nearest_neighbour"}
+    assert "wrote" in capsys.readouterr().out

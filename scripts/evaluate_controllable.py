@@ -1,0 +1,219 @@
+r"""The model card's numbers for controllable generation (notebook 7): guidance, inpainting, super-resolution.
+
+    SGM_DATA_DIR=../shared/data python scripts/evaluate_controllable.py guidance --method classifier \
+        --scales 0 1 2 4 8 --json docs/controllable/guidance_classifier.json
+    SGM_DATA_DIR=../shared/data python scripts/evaluate_controllable.py guidance --method cfg \
+        --scales 0 1 2 4 --json docs/controllable/guidance_cfg.json
+    SGM_DATA_DIR=../shared/data python scripts/evaluate_controllable.py inpaint --regions bottom right \
+        --json docs/controllable/inpaint.json
+    SGM_DATA_DIR=../shared/data python scripts/evaluate_controllable.py super-resolution --factors 2 4 \
+        --json docs/controllable/super_resolution.json
+
+``guidance``: --per-class samples of every digit at every --scale (classifier guidance with the bundled
+``mnist-ve25`` and ``mnist-time-classifier``, or classifier-free guidance with ``mnist-conditional``), graded by
+the evaluation classifier: the share classified as the requested digit, the share it is confident about, and
+per class the Fréchet distance to the test digits of that class, next to the floor that as many held-out
+training digits reach. With --plot, the trade-off against the scale as a figure.
+
+``inpaint``: the first --n test digits with a region hidden, completed by ``inpaint``; the share the evaluation
+classifier assigns to the original digit's class, against the nearest-neighbour baseline (the unknown pixels of
+the training digit nearest on the known ones, among the first 55,000).
+
+``super-resolution``: the first --n test digits averaged over f x f blocks and upsampled by ``super_resolve``;
+the share classified as the original's class and the mean squared error to the original, against upsampling by
+repeating each block's mean and against the nearest training digit at low resolution.
+
+All samplers run at their defaults unless --steps says otherwise; every draw is seeded by --seed. Every result
+goes to --json (JSON) and is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sgm_helpers import load_classifier, load_mnist
+from sgm_helpers.classifier import predict_proba
+from sgm_helpers.controllable import block_means, cfg_score, classifier_guided_score, inpaint, region_mask, super_resolve
+from sgm_helpers.evaluation import class_conditional_quality, draw_samples, nearest_neighbour_fill
+from sgm_helpers.pretrained import load_pretrained, model_info, pretrained_sde
+
+TRAIN_IMAGES = 55_000  # the bundled models trained on the first 55,000; the last 5,000 are held out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="task", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's, 500)")
+    common.add_argument("--batch-size", type=int, default=250)
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--device", default=None, help="default: CUDA if available, else the CPU")
+    common.add_argument("--threads", type=int, default=None)
+    common.add_argument("--json", type=Path, required=True, help="where the results go")
+    g = sub.add_parser("guidance", parents=[common], help="class-conditional samples at several scales")
+    g.add_argument("--method", choices=["classifier", "cfg"], required=True)
+    g.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    g.add_argument("--per-class", type=int, default=100)
+    g.add_argument("--sampler", choices=["em", "pc"], default="em")
+    g.add_argument("--plot", type=Path, default=None, help="also save the trade-off figure here (PNG)")
+    i = sub.add_parser("inpaint", parents=[common], help="complete test digits with a region hidden")
+    i.add_argument("--regions", nargs="+", choices=["bottom", "top", "left", "right", "square"], default=["bottom"])
+    i.add_argument("--n", type=int, default=1000)
+    i.add_argument("--resamplings", type=int, default=1)
+    i.add_argument("--no-corrector", action="store_true")
+    s = sub.add_parser("super-resolution", parents=[common], help="upsample block means of test digits")
+    s.add_argument("--factors", type=int, nargs="+", default=[2, 4])
+    s.add_argument("--n", type=int, default=1000)
+    return p.parse_args(argv)
+
+
+def guided_score_fn(method: str, scale: float, labels: torch.Tensor, device):
+    """``(score function, sde, models used)`` for class-conditional sampling of ``labels``."""
+    if method == "classifier":
+        score_model = load_pretrained("mnist-ve25", device=device)
+        classifier = load_pretrained("mnist-time-classifier", device=device)
+        return (classifier_guided_score(score_model, classifier, labels.to(device), scale), pretrained_sde("mnist-ve25"),
+                ["mnist-ve25", "mnist-time-classifier"])
+    model = load_pretrained("mnist-conditional", device=device)
+    return cfg_score(model, labels.to(device), scale), pretrained_sde("mnist-conditional"), ["mnist-conditional"]
+
+
+def run_guidance(args, device, data, judge) -> dict:
+    test_images, test_labels, train_images, train_labels = data
+    held_out, held_out_labels = train_images[TRAIN_IMAGES:], train_labels[TRAIN_IMAGES:]
+    labels = torch.arange(10).repeat_interleave(args.per_class)
+    results = {"method": args.method, "sampler": args.sampler, "per_class": args.per_class, "scales": {}}
+    for scale in args.scales:
+        samples, nfe = [], []
+        t0 = time.perf_counter()
+        for start in range(0, len(labels), args.batch_size):
+            batch = labels[start:start + args.batch_size]
+            score, sde, models = guided_score_fn(args.method, scale, batch, device)
+            x, calls, _ = draw_samples(args.sampler, score, sde, len(batch), steps=args.steps, batch_size=len(batch),
+                                       generator=torch.Generator().manual_seed(args.seed + start), device=device,
+                                       progress=False)
+            samples.append(x)
+            nfe += calls
+        quality = class_conditional_quality(torch.cat(samples), labels, judge, test_images, test_labels,
+                                            real_images=held_out, real_labels=held_out_labels)
+        results["models"] = models
+        results["scales"][f"{scale:g}"] = {"scale": scale, "score_evaluations_per_batch": nfe,
+                                           "wall_s": time.perf_counter() - t0, **quality}
+        print(f"scale {scale:g}: accuracy {quality['accuracy']:.1%}, confident {quality['confident_share']:.1%}, "
+              f"mean per-class Fréchet distance {quality['mean_class_frechet_distance']:.1f} (floor "
+              f"{quality['mean_class_frechet_floor']:.1f}), {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.plot:
+        plot_tradeoff(results, args.plot)
+    return results
+
+
+def plot_tradeoff(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(results["scales"].values())
+    scales = [r["scale"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(scales, [100 * r["accuracy"] for r in rows], "o-", color="C0", label="classified as requested (%)")
+    ax.plot(scales, [100 * r["confident_share"] for r in rows], "^--", color="C0", label="confident (%)")
+    ax.set(xlabel="guidance scale", ylabel="share of samples (%)",
+           title=f"{'Classifier' if results['method'] == 'classifier' else 'Classifier-free'} guidance: "
+                 f"{results['per_class']} samples per digit")
+    right = ax.twinx()
+    right.plot(scales, [r["mean_class_frechet_distance"] for r in rows], "s-", color="C3",
+               label="per-class Fréchet distance")
+    right.axhline(rows[0]["mean_class_frechet_floor"], color="C3", ls=":", label="real digits' floor")
+    right.set_ylabel("mean per-class Fréchet distance", color="C3")
+    lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def _accuracy(judge, images, labels) -> float:
+    return float((predict_proba(judge, images.clamp(0, 1)).argmax(1) == labels).double().mean())
+
+
+def run_inpaint(args, device, data, judge) -> dict:
+    test_images, test_labels, train_images, _ = data
+    images, labels = test_images[:args.n], test_labels[:args.n]
+    pool = train_images[:TRAIN_IMAGES]
+    model, sde = load_pretrained("mnist-ve25", device=device), pretrained_sde("mnist-ve25")
+    results = {"n": args.n, "steps": args.steps or 500, "resamplings": args.resamplings,
+               "corrector": not args.no_corrector, "regions": {}}
+    for region in args.regions:
+        mask = region_mask(region)
+        t0 = time.perf_counter()
+        completed = torch.cat([
+            inpaint(model, sde, images[i:i + args.batch_size], mask, num_steps=args.steps or 500,
+                    resamplings=args.resamplings, corrector=not args.no_corrector, device=device, progress=False,
+                    generator=torch.Generator().manual_seed(args.seed + i)).cpu()
+            for i in range(0, len(images), args.batch_size)])
+        kept = bool(torch.equal(completed[:, mask.expand_as(images[0])], images[:, mask.expand_as(images[0])]))
+        entry = {"inpaint_accuracy": _accuracy(judge, completed, labels),
+                 "nearest_neighbour_accuracy": _accuracy(judge, nearest_neighbour_fill(images, mask, pool), labels),
+                 "masked_accuracy": _accuracy(judge, torch.where(mask, images, torch.zeros_like(images)), labels),
+                 "known_pixels_kept_exactly": kept, "wall_s": time.perf_counter() - t0}
+        results["regions"][region] = entry
+        print(f"{region} half hidden: inpainting {entry['inpaint_accuracy']:.1%} classified as the original digit, "
+              f"nearest neighbour {entry['nearest_neighbour_accuracy']:.1%}, the masked digit itself "
+              f"{entry['masked_accuracy']:.1%}; known pixels kept exactly: {kept}", flush=True)
+    return results
+
+
+def run_super_resolution(args, device, data, judge) -> dict:
+    test_images, test_labels, train_images, _ = data
+    images, labels = test_images[:args.n], test_labels[:args.n]
+    pool = train_images[:TRAIN_IMAGES]
+    model, sde = load_pretrained("mnist-ve25", device=device), pretrained_sde("mnist-ve25")
+    results = {"n": args.n, "steps": args.steps or 500, "factors": {}}
+    for f in args.factors:
+        low = block_means(images, f)
+        t0 = time.perf_counter()
+        up = torch.cat([super_resolve(model, sde, low[i:i + args.batch_size], f, num_steps=args.steps or 500,
+                                      device=device, progress=False,
+                                      generator=torch.Generator().manual_seed(args.seed + i)).cpu()
+                        for i in range(0, len(low), args.batch_size)])
+        repeated = low.repeat_interleave(f, -1).repeat_interleave(f, -2)
+        nearest = pool[torch.cdist(low.flatten(1), block_means(pool, f).flatten(1)).argmin(1)]
+        entry = {}
+        for name, x in [("super_resolve", up.clamp(0, 1)), ("block_repeat", repeated), ("nearest_neighbour", nearest)]:
+            entry[name] = {"accuracy": _accuracy(judge, x, labels), "mse": float((x - images).pow(2).mean())}
+        entry["block_means_max_error"] = float((block_means(up, f) - low).abs().max())
+        entry["wall_s"] = time.perf_counter() - t0
+        results["factors"][str(f)] = entry
+        print(f"x{f}: " + "; ".join(f"{k} accuracy {v['accuracy']:.1%}, MSE {v['mse']:.4f}"
+                                    for k, v in entry.items() if isinstance(v, dict)), flush=True)
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    test_images, test_labels = load_mnist(train=False)
+    train_images, train_labels = load_mnist(train=True)
+    judge = load_classifier(device=device)
+    run = {"guidance": run_guidance, "inpaint": run_inpaint, "super-resolution": run_super_resolution}[args.task]
+    results = {"command": "python scripts/evaluate_controllable.py " + " ".join(sys.argv[1:] if argv is None else argv),
+               "task": args.task, "seed": args.seed, "device": str(device), "torch": torch.__version__,
+               "python": platform.python_version(), "evaluation_classifier_sha256": model_info("mnist-classifier")["sha256"],
+               **run(args, device, (test_images, test_labels, train_images, train_labels), judge)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
