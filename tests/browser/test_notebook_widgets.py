@@ -82,6 +82,29 @@ def test_06_sde_dropdown_and_sigma_slider_redraw_the_figure(lab_page):
     notebook.assert_no_errors()
 
 
+def test_07_guidance_and_inpainting_panels_sample_what_they_are_asked(lab_page):
+    notebook = lab_page.open("07_controllable_generation.ipynb")
+    notebook.run_all()
+    panel = notebook.widget("digit")
+    figure = panel.figure_src()  # the panel opens with one run at the default settings
+
+    panel.choose("digit", "7")
+    panel.press("Sample")
+
+    figure = panel.wait_for_new_figure(figure)
+    assert any(re.match(r"digit 7, scale [\d.]+, \d+ steps: \d+% classified as 7", t) for t in figure_texts(figure)), \
+        figure_texts(figure)
+
+    inpainting = notebook.widget("hide")
+    figure = inpainting.figure_src()
+    inpainting.choose("hide", "left")
+    inpainting.press("Inpaint")
+
+    figure = inpainting.wait_for_new_figure(figure)
+    assert any(t.startswith("test digit 0 (a 7)") for t in figure_texts(figure)), figure_texts(figure)
+    notebook.assert_no_errors()
+
+
 def _write_notebook(root, name: str, sources: list[str]) -> str:
     cells = [{"id": f"cell-{i}", "cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
               "source": source} for i, source in enumerate(sources)]
