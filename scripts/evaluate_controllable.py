@@ -74,28 +74,33 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def guided_score_fn(method: str, scale: float, labels: torch.Tensor, device):
-    """``(score function, sde, models used)`` for class-conditional sampling of ``labels``."""
+def guided_models(method: str, device) -> tuple[dict, object, list[str]]:
+    """The bundled networks for ``method``, loaded once: ``(networks, sde, their names)``."""
+    names = ["mnist-ve25", "mnist-time-classifier"] if method == "classifier" else ["mnist-conditional"]
+    return {name: load_pretrained(name, device=device) for name in names}, pretrained_sde(names[0]), names
+
+
+def guided_score(method: str, networks: dict, scale: float, labels: torch.Tensor, device):
+    """The score function that samples ``labels`` with classifier or classifier-free guidance at ``scale``."""
     if method == "classifier":
-        score_model = load_pretrained("mnist-ve25", device=device)
-        classifier = load_pretrained("mnist-time-classifier", device=device)
-        return (classifier_guided_score(score_model, classifier, labels.to(device), scale), pretrained_sde("mnist-ve25"),
-                ["mnist-ve25", "mnist-time-classifier"])
-    model = load_pretrained("mnist-conditional", device=device)
-    return cfg_score(model, labels.to(device), scale), pretrained_sde("mnist-conditional"), ["mnist-conditional"]
+        return classifier_guided_score(networks["mnist-ve25"], networks["mnist-time-classifier"], labels.to(device),
+                                       scale)
+    return cfg_score(networks["mnist-conditional"], labels.to(device), scale)
 
 
 def run_guidance(args, device, data, judge) -> dict:
     test_images, test_labels, train_images, train_labels = data
     held_out, held_out_labels = train_images[TRAIN_IMAGES:], train_labels[TRAIN_IMAGES:]
     labels = torch.arange(10).repeat_interleave(args.per_class)
-    results = {"method": args.method, "sampler": args.sampler, "per_class": args.per_class, "scales": {}}
+    networks, sde, models = guided_models(args.method, device)
+    results = {"method": args.method, "models": models, "sampler": args.sampler, "per_class": args.per_class,
+               "scales": {}}
     for scale in args.scales:
         samples, nfe = [], []
         t0 = time.perf_counter()
         for start in range(0, len(labels), args.batch_size):
             batch = labels[start:start + args.batch_size]
-            score, sde, models = guided_score_fn(args.method, scale, batch, device)
+            score = guided_score(args.method, networks, scale, batch, device)
             x, calls, _ = draw_samples(args.sampler, score, sde, len(batch), steps=args.steps, batch_size=len(batch),
                                        generator=torch.Generator().manual_seed(args.seed + start), device=device,
                                        progress=False)
@@ -103,7 +108,6 @@ def run_guidance(args, device, data, judge) -> dict:
             nfe += calls
         quality = class_conditional_quality(torch.cat(samples), labels, judge, test_images, test_labels,
                                             real_images=held_out, real_labels=held_out_labels)
-        results["models"] = models
         results["scales"][f"{scale:g}"] = {"scale": scale, "score_evaluations_per_batch": nfe,
                                            "wall_s": time.perf_counter() - t0, **quality}
         print(f"scale {scale:g}: accuracy {quality['accuracy']:.1%}, confident {quality['confident_share']:.1%}, "

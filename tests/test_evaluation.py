@@ -138,4 +138,10 @@ def test_evaluate_controllable_script_writes_inpainting_and_super_resolution_res
                  "--json", str(tmp_path / "sr.json")])
     sr = json.loads((tmp_path / "sr.json").read_text())["factors"]["2"]
     assert sr["block_means_max_error"] < 1e-5 and set(sr) >= {"super_resolve", "block_repeat", "nearest_neighbour"}
-    assert "wrote" in capsys.readouterr().out
+    script.main(["guidance", "--method", "classifier", "--scales", "0", "2", "--per-class", "2", "--steps", "2",
+                 "--batch-size", "8", "--device", "cpu", "--json", str(tmp_path / "guidance.json"),
+                 "--plot", str(tmp_path / "guidance.png")])
+    guidance = json.loads((tmp_path / "guidance.json").read_text())
+    assert guidance["models"] == ["mnist-ve25", "mnist-time-classifier"] and set(guidance["scales"]) == {"0", "2"}
+    assert guidance["scales"]["2"]["n"] == 20 and guidance["scales"]["2"]["score_evaluations_per_batch"] == [2, 2, 2]
+    assert (tmp_path / "guidance.png").is_file() and "wrote" in capsys.readouterr().out
