@@ -305,6 +305,50 @@ class GaussianMixture:
                                    "(x [B, D], t) -> [B, K].")
         return log_posterior_t
 
+    def perturbed_conditional_score(self, sde) -> "ExactConditionalScore":
+        """The exact class-conditional score, the components as classes, as a model ``(x [B, D], t, y) -> [B, D]``.
+
+        ``y = k`` gives grad_x log p_t(x | k), the score of component k alone diffused to time t
+        (-(x - alpha mu_k) / (alpha^2 s_k^2 + std^2)); ``y = None`` or the null class ``K`` gives the
+        mixture's score, :meth:`perturbed_score`. It is called like
+        :class:`~sgm_helpers.models.ConditionalScoreNet`, so :func:`~sgm_helpers.controllable.cfg_score` takes it:
+        with exact scores, s(x, t, k) - s(x, t) = grad_x log p_t(k | x) exactly, and classifier-free guidance at
+        scale w equals classifier guidance with :meth:`perturbed_log_posterior` at scale w.
+        """
+        _check_sde(sde)
+        return ExactConditionalScore(self, sde)
+
+
+class ExactConditionalScore:
+    """``(x [B, D], t, y) -> [B, D]``: see :meth:`GaussianMixture.perturbed_conditional_score`.
+
+    ``num_classes`` = K components; ``null_class`` = K stands for "no label" (the mixture).
+    """
+
+    def __init__(self, mixture: GaussianMixture, sde):
+        self.mixture, self.sde = mixture, sde
+        self.num_classes = self.null_class = mixture.n_components
+
+    def __repr__(self) -> str:
+        return f"ExactConditionalScore({self.mixture!r}, {self.sde!r})"
+
+    def __call__(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        alpha, std = _alpha_std(self.sde, t, x)
+        a, logits, _ = self.mixture._terms(x, std, alpha)         # a: [K, N, D], minus each component's score
+        mixture = -(torch.softmax(logits, dim=0).unsqueeze(-1) * a).sum(0)
+        if y is None:
+            return mixture.reshape(x.shape)
+        y = torch.as_tensor(y, device=x.device).long()
+        if x.dim() != 2 or y.dim() > 1 or (y.dim() == 1 and len(y) != len(x)):
+            raise ValueError(f"with labels, x must be [B, D] and y an int or [B] labels; got x {tuple(x.shape)}, "
+                             f"y {tuple(y.shape)}")
+        if ((y < 0) | (y > self.null_class)).any():
+            raise ValueError(f"y must hold classes in 0..{self.num_classes - 1} or {self.null_class} (the null class)")
+        y = y.expand(len(x))
+        is_null = y == self.null_class
+        component = -a[torch.where(is_null, 0, y), torch.arange(len(x), device=x.device)]
+        return torch.where(is_null[:, None], mixture, component)
+
 
 class Gaussian:
     """N(mu, C) in D dimensions with a full covariance C: exact diffused scores and exact conditionals.

@@ -115,6 +115,31 @@ def test_cfg_score_convention_w0_unconditional_w1_conditional_linear_between():
         torch.testing.assert_close(cfg_score(model, 7, 1.0)(x, t), model(x, t, torch.full((3,), 7)), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("sde", [VESDE(25.0), VPSDE()], ids=repr)
+def test_cfg_with_exact_scores_is_classifier_guidance_with_the_exact_posterior(sde):
+    # The toy's exact conditional model: y = k is component k alone, y = None or K the mixture. Then
+    # s(x, t, k) - s(x, t) = grad log p_t(k | x) exactly, so CFG at w and classifier guidance at w agree.
+    from sgm_helpers import GaussianMixture
+    mix = GaussianMixture(MIX.means, MIX.stds, MIX.weights)
+    exact = mix.perturbed_conditional_score(sde)
+    assert exact.num_classes == exact.null_class == 3
+    x, t = torch.randn(64, 2, generator=gen(9), dtype=torch.float64) * 3, torch.rand(64, generator=gen(10)) * 0.9 + 0.05
+    labels = torch.arange(64) % 4  # 3 = the null class
+    torch.testing.assert_close(exact(x, t, None), mix.perturbed_score(sde)(x, t), rtol=0, atol=0)
+    for k in range(3):
+        alone = GaussianMixture(mix.means[k:k + 1], mix.stds[k:k + 1]).perturbed_score(sde)
+        rows = labels == k
+        torch.testing.assert_close(exact(x, t, labels)[rows], alone(x, t)[rows], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(exact(x, t, labels)[labels == 3], mix.perturbed_score(sde)(x, t)[labels == 3])
+    for w in (0.0, 1.0, 2.5):
+        guided = classifier_guided_score(mix.perturbed_score(sde), mix.perturbed_log_posterior(sde), 1, w)
+        torch.testing.assert_close(cfg_score(exact, 1, w)(x, t), guided(x, t), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="y must hold classes in 0..2 or 3"):
+        exact(x, t, 4)
+    with pytest.raises(ValueError, match="y must be a class in 0..2"):
+        cfg_score(exact, 5, 1.0)
+
+
 def test_conditional_scorenet_none_is_the_null_class_and_zero_embedding_is_scorenet():
     model = _conditional_net()
     x, t = torch.rand(2, 1, 28, 28, generator=gen(4)), torch.tensor([0.1, 0.6])
