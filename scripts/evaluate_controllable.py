@@ -23,6 +23,12 @@ the training digit nearest on the known ones, among the first 55,000).
 the share classified as the original's class and the mean squared error to the original, against upsampling by
 repeating each block's mean and against the nearest training digit at low resolution.
 
+``plot``: merges the guidance JSON files of one method (scales split over several processes, one per core) into
+one trade-off figure and prints the model card's table; a scale found in two files is an error.
+
+    python scripts/evaluate_controllable.py plot docs/controllable/guidance_cfg_*.json \
+        --out docs/controllable/guidance_cfg.png
+
 All samplers run at their defaults unless --steps says otherwise; every draw is seeded by --seed. Every result
 goes to --json (JSON) and is printed.
 """
@@ -71,6 +77,9 @@ def parse_args(argv=None):
     s = sub.add_parser("super-resolution", parents=[common], help="upsample block means of test digits")
     s.add_argument("--factors", type=int, nargs="+", default=[2, 4])
     s.add_argument("--n", type=int, default=1000)
+    m = sub.add_parser("plot", help="merge guidance JSON files into one figure and table")
+    m.add_argument("inputs", type=Path, nargs="+", help="JSON files written by `guidance` with the same --method")
+    m.add_argument("--out", type=Path, required=True, help="the figure (PNG)")
     return p.parse_args(argv)
 
 
@@ -94,7 +103,7 @@ def run_guidance(args, device, data, judge) -> dict:
     labels = torch.arange(10).repeat_interleave(args.per_class)
     networks, sde, models = guided_models(args.method, device)
     results = {"method": args.method, "models": models, "sampler": args.sampler, "per_class": args.per_class,
-               "scales": {}}
+               "steps": args.steps or 500, "scales": {}}
     for scale in args.scales:
         samples, nfe = [], []
         t0 = time.perf_counter()
@@ -144,6 +153,48 @@ def plot_tradeoff(results: dict, path: Path) -> None:
     print(f"wrote {path}")
 
 
+SAME_SETTINGS = ("method", "models", "sampler", "per_class", "steps", "evaluation_classifier_sha256", "model_sha256")
+
+
+def merge_guidance(paths: list[Path]) -> dict:
+    """One results dict from several ``guidance`` JSON files run with the same settings (scales sorted)."""
+    merged, sources = None, {}
+    for path in paths:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("task") != "guidance":
+            raise SystemExit(f"{path}: not a guidance result (task {data.get('task')!r})")
+        if merged is None:
+            merged = {**{k: data.get(k) for k in SAME_SETTINGS}, "scales": {}, "commands": []}
+        differing = [k for k in SAME_SETTINGS if data.get(k) != merged[k]]
+        if differing:
+            raise SystemExit(f"{path} differs from {paths[0]} in {', '.join(differing)}: not one sweep")
+        for key, entry in data["scales"].items():
+            if key in sources:
+                raise SystemExit(f"scale {key} found twice ({sources[key]} and {path})")
+            merged["scales"][key], sources[key] = entry, path
+        merged["commands"].append(data["command"])
+    merged["scales"] = dict(sorted(merged["scales"].items(), key=lambda item: item[1]["scale"]))
+    return merged
+
+
+def guidance_table(results: dict) -> str:
+    """The model card's table: one row per scale."""
+    rows = ["| scale | classified as requested | confident (p >= 0.9) | per-class Fréchet distance (floor) | "
+            "score evaluations per sample | wall time |", "|---|---|---|---|---|---|"]
+    for r in results["scales"].values():
+        n = results["per_class"] * 10
+        rows.append(f"| {r['scale']:g} | {r['accuracy']:.1%} | {r['confident_share']:.1%} | "
+                    f"{r['mean_class_frechet_distance']:.1f} ({r['mean_class_frechet_floor']:.1f}) | "
+                    f"{r['score_evaluations_per_batch'][0]} | {r['wall_s']:,.0f} s for {n:,} |")
+    return "\n".join(rows)
+
+
+def run_plot(args) -> None:
+    results = merge_guidance(args.inputs)
+    plot_tradeoff(results, args.out)
+    print(guidance_table(results))
+
+
 def _accuracy(judge, images, labels) -> float:
     return float((predict_proba(judge, images.clamp(0, 1)).argmax(1) == labels).double().mean())
 
@@ -153,7 +204,7 @@ def run_inpaint(args, device, data, judge) -> dict:
     images, labels = test_images[:args.n], test_labels[:args.n]
     pool = train_images[:TRAIN_IMAGES]
     model, sde = load_pretrained("mnist-ve25", device=device), pretrained_sde("mnist-ve25")
-    results = {"n": args.n, "steps": args.steps or 500, "resamplings": args.resamplings,
+    results = {"models": ["mnist-ve25"], "n": args.n, "steps": args.steps or 500, "resamplings": args.resamplings,
                "corrector": not args.no_corrector, "regions": {}}
     for region in args.regions:
         mask = region_mask(region)
@@ -180,7 +231,7 @@ def run_super_resolution(args, device, data, judge) -> dict:
     images, labels = test_images[:args.n], test_labels[:args.n]
     pool = train_images[:TRAIN_IMAGES]
     model, sde = load_pretrained("mnist-ve25", device=device), pretrained_sde("mnist-ve25")
-    results = {"n": args.n, "steps": args.steps or 500, "factors": {}}
+    results = {"models": ["mnist-ve25"], "n": args.n, "steps": args.steps or 500, "factors": {}}
     for f in args.factors:
         low = block_means(images, f)
         t0 = time.perf_counter()
@@ -203,6 +254,8 @@ def run_super_resolution(args, device, data, judge) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.task == "plot":
+        return run_plot(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -213,7 +266,9 @@ def main(argv=None):
     results = {"command": "python scripts/evaluate_controllable.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "task": args.task, "seed": args.seed, "device": str(device), "torch": torch.__version__,
                "python": platform.python_version(), "evaluation_classifier_sha256": model_info("mnist-classifier")["sha256"],
+               "torch_threads": torch.get_num_threads(),
                **run(args, device, (test_images, test_labels, train_images, train_labels), judge)}
+    results["model_sha256"] = {name: model_info(name)["sha256"] for name in results["models"]}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -145,3 +145,16 @@ def test_evaluate_controllable_script_writes_inpainting_and_super_resolution_res
     assert guidance["models"] == ["mnist-ve25", "mnist-time-classifier"] and set(guidance["scales"]) == {"0", "2"}
     assert guidance["scales"]["2"]["n"] == 20 and guidance["scales"]["2"]["score_evaluations_per_batch"] == [2, 2, 2]
     assert (tmp_path / "guidance.png").is_file() and "wrote" in capsys.readouterr().out
+    assert set(guidance["model_sha256"]) == {"mnist-ve25", "mnist-time-classifier"}
+    # a sweep split over processes merges into one figure and table; a scale found twice is an error
+    for scales, name in ((["1"], "cfg_a"), (["3"], "cfg_b"), (["3"], "cfg_c")):
+        script.main(["guidance", "--method", "cfg", "--scales", *scales, "--per-class", "2", "--steps", "2",
+                     "--device", "cpu", "--json", str(tmp_path / f"{name}.json")])
+    script.main(["plot", str(tmp_path / "cfg_b.json"), str(tmp_path / "cfg_a.json"), "--out", str(tmp_path / "cfg.png")])
+    table = capsys.readouterr().out.splitlines()
+    assert (tmp_path / "cfg.png").is_file()
+    assert [line.split("|")[1].strip() for line in table if line.startswith("| ") and line[2].isdigit()] == ["1", "3"]
+    with pytest.raises(SystemExit, match="scale 3 found twice"):
+        script.main(["plot", str(tmp_path / "cfg_b.json"), str(tmp_path / "cfg_c.json"), "--out", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit, match="differs .* in method"):
+        script.main(["plot", str(tmp_path / "cfg_a.json"), str(tmp_path / "guidance.json"), "--out", str(tmp_path / "x.png")])
