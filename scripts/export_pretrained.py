@@ -26,7 +26,8 @@ TRAIN_COMMAND = "SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py 
 KINDS = {"dsm": "score_model", "conditional_dsm": "conditional_score_model", "time_classifier": "time_classifier"}
 
 
-RUN_FIELDS = ("command", "wall_s_this_run", "steps_this_run", "steps_per_s", "examples_per_s", "device_name", "torch",
+RUN_FIELDS = ("command", "train_seconds_total", "wall_s_this_run", "steps_this_run", "steps_per_s", "examples_per_s",
+              "device_name", "torch",
               "holdout_accuracy", "holdout_bpd", "init_from", "init_from_sha256")
 
 
@@ -34,6 +35,9 @@ def run_record(path) -> dict:
     """The fields of a ``train_pretrained.py --export`` file's run info that the manifest records (JSON-ready)."""
     info = torch.load(path, map_location="cpu", weights_only=False)["info"]   # our own file; "torch" is a TorchVersion
     record = {k: info[k] for k in RUN_FIELDS if info.get(k) is not None}
+    if info.get("steps_this_run") == 0:  # a rerun on a finished checkpoint, to evaluate it: no training to time
+        for k in ("wall_s_this_run", "steps_this_run"):
+            record.pop(k, None)
     if "torch" in record:
         record["torch"] = str(record["torch"])
     if "command" in record:

@@ -182,19 +182,21 @@ def main(argv=None):
             break
     if env.rank != 0:  # rank 0 alone reports, evaluates and exports
         return
-    wall = time.time() - t0
+    wall, ran = time.time() - t0, done - start_step
+    ckpt = read_checkpoint(args.out)
     info = {**{k: v for k, v in vars(args).items() if k not in ("out", "export", "threads", "device")},
             "command": command, "kind": network.kind, "sde": sde.config(), "architecture": model.architecture,
             "objective": network.objective, "channels": args.channels, "seed": args.seed,
-            "steps": done, "epochs": done / steps_per_epoch, "steps_this_run": done - start_step,
-            "wall_s_this_run": wall, "steps_per_s": (done - start_step) / wall if wall > 0 else None,
-            "examples_per_s": (done - start_step) * args.batch_size / wall if wall > 0 else None,
+            "steps": done, "epochs": done / steps_per_epoch, "steps_this_run": ran,
+            "wall_s_this_run": wall, "steps_per_s": ran / wall if ran else None,
+            "examples_per_s": ran * args.batch_size / wall if ran else None,
+            "train_seconds_total": ckpt.get("train_seconds"),  # every run's training time; None if not recorded
             "train_images": len(images), "holdout": args.holdout, "device": str(device),
             **({"processes": env.world_size} if env.world_size > 1 else {}),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             **({"init_from_sha256": init} if init else {}),
-            "torch": torch.__version__, "final_loss_last500_mean": sum(losses[-500:]) / max(len(losses[-500:]), 1)}
-    ckpt = read_checkpoint(args.out)
+            "torch": torch.__version__,
+            "final_loss_last500_mean": sum(ckpt["losses"][-500:]) / max(len(ckpt["losses"][-500:]), 1)}
     if args.eval_holdout and network.objective == "time_classifier":
         info["holdout_accuracy"] = heldout_accuracy(ckpt, sde, args, device)
     elif args.eval_holdout:

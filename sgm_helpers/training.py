@@ -19,6 +19,7 @@ import contextlib
 import io
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -290,14 +291,16 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
         net = _DDP(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     noise_gen = torch.Generator(device=device).manual_seed(_noise_seed(seed, env.rank))
-    step, losses = 0, []
+    step, losses, seconds_before = 0, [], 0.0
     ckpt = _read_resume_checkpoint(checkpoint_path, device, env) if resume and checkpoint_path else None
     if ckpt is not None:
         _check_resume_config(checkpoint_path, ckpt.get("config"), config)
         _load_states(ckpt, model, optimizer, ema_model)
         step, losses = int(ckpt["step"]), list(ckpt.get("losses", []))
+        seconds_before = ckpt.get("train_seconds")  # None: a checkpoint from before this was recorded
         if (state := _saved_rng(ckpt, device, env)) is not None:
             noise_gen.set_state(state)
+    started = time.perf_counter()
 
     def save():
         if checkpoint_path is None:
@@ -307,6 +310,7 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
             save_checkpoint(checkpoint_path, model, optimizer=optimizer, ema_model=ema_model, step=step,
                             losses=losses, rng=rngs[0], rng_device_type=device.type,
                             config=dict(config, total_steps=total),
+                            train_seconds=None if seconds_before is None else seconds_before + time.perf_counter() - started,
                             **({"rng_ranks": rngs} if env.world_size > 1 else {}))
 
     def loss_of(x, y):
@@ -362,7 +366,8 @@ def save_checkpoint(path, model: torch.nn.Module, *, optimizer=None, ema_model=N
 
     The file holds only tensors and plain Python values, so :func:`load_checkpoint` reads it with
     ``weights_only=True``. Keys: ``format``, ``model``, ``optimizer``, ``ema``, ``step``,
-    ``losses`` and any ``extra`` keyword.
+    ``losses`` and any ``extra`` keyword (:func:`train` adds ``config``, the noise generator's state and
+    ``train_seconds``, the wall time of all runs that led to this step, None if an earlier run did not record it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

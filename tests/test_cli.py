@@ -542,7 +542,18 @@ def test_the_training_script_trains_and_evaluates_a_time_classifier(tmp_path, ti
     assert record["command"].startswith("SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py --model "
                                         "time-classifier")
     assert record["holdout_accuracy"] == accuracy and isinstance(record["torch"], str) and record["steps_per_s"] > 0
+    assert record["train_seconds_total"] > 0
     json.dumps(record)
+    # run again on the finished checkpoint (to re-evaluate): nothing trains, and the record says so
+    script.main(["--model", "time-classifier", "--out", str(out), "--epochs", "1", "--batch-size", "2",
+                 "--channels", "32", "32", "32", "--holdout", "2", "--device", "cpu", "--export", str(export)])
+    again = torch.load(export, weights_only=False)["info"]
+    assert again["steps_this_run"] == 0 and again["steps_per_s"] is None
+    assert again["train_seconds_total"] == record["train_seconds_total"]
+    assert again["final_loss_last500_mean"] == info["final_loss_last500_mean"] > 0
+    rerun = _script("export_pretrained").run_record(export)
+    assert "wall_s_this_run" not in rerun and "steps_per_s" not in rerun
+    assert rerun["train_seconds_total"] == record["train_seconds_total"]
 
 
 def test_init_from_starts_a_conditional_model_as_the_score_model_it_came_from(tmp_path, tiny_mnist, monkeypatch,

@@ -546,5 +546,21 @@ def _labelled_worker(out: Path) -> None:
     torch.save(model.seen, out / f"seen_rank{os.environ['RANK']}.pt")
 
 
+def test_checkpoints_add_up_the_wall_time_of_every_run(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    _train(_model(), 2, checkpoint_path=path)
+    first = load_checkpoint(path)["train_seconds"]
+    assert first > 0
+    _train(_model(), 4, checkpoint_path=path, resume=True)
+    assert load_checkpoint(path)["train_seconds"] > first
+    # a checkpoint that did not record it (written before this existed): the total is unknown, not undercounted
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["train_seconds"]
+    torch.save(ckpt, path)
+    _train(_model(), 6, checkpoint_path=path, resume=True)
+    assert load_checkpoint(path)["step"] == 6 and load_checkpoint(path)["train_seconds"] is None
+
+
 if __name__ == "__main__":
     _labelled_worker(Path(sys.argv[1]))
+
