@@ -36,7 +36,7 @@ def run_record(path) -> dict:
     info = torch.load(path, map_location="cpu", weights_only=False)["info"]   # our own file; "torch" is a TorchVersion
     record = {k: info[k] for k in RUN_FIELDS if info.get(k) is not None}
     if info.get("steps_this_run") == 0:  # a rerun on a finished checkpoint, to evaluate it: no training to time
-        for k in ("wall_s_this_run", "steps_this_run"):
+        for k in ("wall_s_this_run", "steps_this_run", "steps_per_s", "examples_per_s"):
             record.pop(k, None)
     if "torch" in record:
         record["torch"] = str(record["torch"])
