@@ -46,7 +46,8 @@ import torch
 
 from sgm_helpers import load_classifier, load_mnist
 from sgm_helpers.classifier import predict_proba
-from sgm_helpers.controllable import block_means, cfg_score, classifier_guided_score, inpaint, region_mask, super_resolve
+from sgm_helpers.controllable import (DEFAULT_SCALES, block_means, cfg_score, classifier_guided_score, inpaint,
+                                      region_mask, super_resolve)
 from sgm_helpers.evaluation import class_conditional_quality, draw_samples, nearest_neighbour_fill
 from sgm_helpers.pretrained import load_pretrained, model_info, pretrained_sde
 
@@ -65,7 +66,8 @@ def parse_args(argv=None):
     common.add_argument("--json", type=Path, required=True, help="where the results go")
     g = sub.add_parser("guidance", parents=[common], help="class-conditional samples at several scales")
     g.add_argument("--method", choices=["classifier", "cfg"], required=True)
-    g.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    g.add_argument("--scales", type=float, nargs="+", default=None,
+                   help="default: the method's DEFAULT_SCALES entry (the command line's default scale)")
     g.add_argument("--per-class", type=int, default=100)
     g.add_argument("--sampler", choices=["em", "pc"], default="em")
     g.add_argument("--plot", type=Path, default=None, help="also save the trade-off figure here (PNG)")
@@ -104,7 +106,7 @@ def run_guidance(args, device, data, judge) -> dict:
     networks, sde, models = guided_models(args.method, device)
     results = {"method": args.method, "models": models, "sampler": args.sampler, "per_class": args.per_class,
                "steps": args.steps or 500, "scales": {}}
-    for scale in args.scales:
+    for scale in args.scales or [DEFAULT_SCALES[args.method]]:
         samples, nfe = [], []
         t0 = time.perf_counter()
         for start in range(0, len(labels), args.batch_size):

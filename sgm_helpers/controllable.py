@@ -29,6 +29,12 @@ from .models import NULL_CLASS, NUM_CLASSES
 from .samplers import reverse_sde_sampler
 from .utils import check_positive_int, model_device, randn
 
+DEFAULT_SCALES = {"classifier": 8.0, "cfg": 2.0}
+"""The guidance scale the command line uses when none is given (``sample --class K --guidance METHOD``), per method:
+the smallest scale of the model card's sweep at which at least 97% of the samples (100 per digit, 500
+Euler-Maruyama steps, the bundled models) were classified as the requested digit. The functions themselves
+default to the scale Bayes' rule gives, 1."""
+
 # --- argument checks ---------------------------------------------------------------------------------
 
 

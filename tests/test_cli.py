@@ -308,6 +308,20 @@ def test_sample_a_class_with_classifier_free_guidance(tmp_path, conditional_chec
     assert files[3, 2].read_bytes() != files[5, 2].read_bytes()
 
 
+def test_without_scale_each_guidance_uses_its_measured_default(tmp_path, tiny_checkpoint, conditional_checkpoint,
+                                                              classifier_checkpoint, capsys):
+    from sgm_helpers.controllable import DEFAULT_SCALES
+
+    common = ["sample", "--class", "3", "--sampler", "em", "--steps", "2", "--n", "2", "--device", "cpu",
+              "--no-progress", "--out"]
+    code, stdout, _ = run_main([*common, tmp_path / "cfg.png", "--guidance", "cfg", "--checkpoint",
+                                conditional_checkpoint], capsys)
+    assert code == 0 and f"w = {DEFAULT_SCALES['cfg']:g}" in stdout
+    code, stdout, _ = run_main([*common, tmp_path / "cg.png", "--checkpoint", tiny_checkpoint, "--sigma", "10",
+                                "--classifier-checkpoint", classifier_checkpoint], capsys)
+    assert code == 0 and f"scale {DEFAULT_SCALES['classifier']:g}" in stdout
+
+
 def test_sample_a_class_with_classifier_guidance(tmp_path, tiny_checkpoint, classifier_checkpoint, capsys):
     files = {}
     for digit, scale in ((3, 50), (5, 50), (3, 0), (5, 0)):

@@ -82,7 +82,7 @@ def test_06_sde_dropdown_and_sigma_slider_redraw_the_figure(lab_page):
     notebook.assert_no_errors()
 
 
-def test_07_guidance_and_inpainting_panels_sample_what_they_are_asked(lab_page):
+def test_07_guidance_cfg_and_inpainting_panels_sample_what_they_are_asked(lab_page):
     notebook = lab_page.open("07_controllable_generation.ipynb")
     notebook.run_all()
     panel = notebook.widget("digit")
@@ -94,6 +94,15 @@ def test_07_guidance_and_inpainting_panels_sample_what_they_are_asked(lab_page):
     figure = panel.wait_for_new_figure(figure)
     assert any(re.match(r"digit 7, scale [\d.]+, \d+ steps: \d+% classified as 7", t) for t in figure_texts(figure)), \
         figure_texts(figure)
+
+    compare = notebook.widget("label")           # classifier guidance and CFG side by side, one row each
+    figure = compare.figure_src()
+    compare.choose("label", "4")
+    compare.press("Compare")
+
+    figure = compare.wait_for_new_figure(figure)
+    assert any(re.match(r"label 4, \d+ steps: classifier guidance \d+%, classifier-free \d+% classified as 4", t)
+               for t in figure_texts(figure)), figure_texts(figure)
 
     inpainting = notebook.widget("hide")
     figure = inpainting.figure_src()
