@@ -220,7 +220,9 @@ def run_inpaint(args, device, data, judge) -> dict:
         entry = {"inpaint_accuracy": _accuracy(judge, completed, labels),
                  "nearest_neighbour_accuracy": _accuracy(judge, nearest_neighbour_fill(images, mask, pool), labels),
                  "masked_accuracy": _accuracy(judge, torch.where(mask, images, torch.zeros_like(images)), labels),
-                 "known_pixels_kept_exactly": kept, "wall_s": time.perf_counter() - t0}
+                 "known_pixels_kept_exactly": kept, "wall_s": time.perf_counter() - t0,
+                 # per test digit, in order: so runs over different --n compare on the digits they share
+                 "inpaint_correct": (predict_proba(judge, completed.clamp(0, 1)).argmax(1) == labels).int().tolist()}
         results["regions"][region] = entry
         print(f"{region} half hidden: inpainting {entry['inpaint_accuracy']:.1%} classified as the original digit, "
               f"nearest neighbour {entry['nearest_neighbour_accuracy']:.1%}, the masked digit itself "

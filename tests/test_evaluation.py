@@ -134,6 +134,8 @@ def test_evaluate_controllable_script_writes_inpainting_and_super_resolution_res
     assert set(inpainting["regions"]) == {"bottom", "square"} and inpainting["n"] == 3
     assert all(r["known_pixels_kept_exactly"] for r in inpainting["regions"].values())
     assert 0 <= inpainting["regions"]["bottom"]["nearest_neighbour_accuracy"] <= 1
+    bottom = inpainting["regions"]["bottom"]
+    assert len(bottom["inpaint_correct"]) == 3 and sum(bottom["inpaint_correct"]) / 3 == bottom["inpaint_accuracy"]
     script.main(["super-resolution", "--factors", "2", "--n", "2", "--steps", "2", "--device", "cpu",
                  "--json", str(tmp_path / "sr.json")])
     sr = json.loads((tmp_path / "sr.json").read_text())["factors"]["2"]
