@@ -29,6 +29,9 @@ one trade-off figure and prints the model card's table; a scale found in two fil
     python scripts/evaluate_controllable.py plot docs/controllable/guidance_cfg_*.json \
         --out docs/controllable/guidance_cfg.png
 
+``table``: the model card's tables from inpaint and super-resolution JSON files (inpainting runs over different --n are
+also compared on the test digits they share).
+
 All samplers run at their defaults unless --steps says otherwise; every draw is seeded by --seed. Every result
 goes to --json (JSON) and is printed.
 """
@@ -82,6 +85,8 @@ def parse_args(argv=None):
     m = sub.add_parser("plot", help="merge guidance JSON files into one figure and table")
     m.add_argument("inputs", type=Path, nargs="+", help="JSON files written by `guidance` with the same --method")
     m.add_argument("--out", type=Path, required=True, help="the figure (PNG)")
+    t = sub.add_parser("table", help="print the model card's tables from inpaint and super-resolution JSON files")
+    t.add_argument("inputs", type=Path, nargs="+", help="JSON files written by `inpaint` or `super-resolution`")
     return p.parse_args(argv)
 
 
@@ -197,6 +202,48 @@ def run_plot(args) -> None:
     print(guidance_table(results))
 
 
+def _region_name(region: str) -> str:
+    return "the centre square" if region == "square" else f"{region} half"
+
+
+def inpaint_table(runs: list[dict]) -> str:
+    """One row per run and region. Runs over different --n are also compared on the first n digits all share."""
+    shared = min(run["n"] for run in runs)
+    rows = [f"| region | resamplings U | corrector | steps | n | classified as the original | on the first {shared:,} "
+            "| nearest neighbour | known pixels kept exactly | wall time |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for region, r in run["regions"].items():
+            first = sum(r["inpaint_correct"][:shared]) / shared
+            rows.append(f"| {_region_name(region)} | {run['resamplings']} | {'yes' if run['corrector'] else 'no'} | "
+                        f"{run['steps']} | {run['n']:,} | {r['inpaint_accuracy']:.1%} | {first:.1%} | "
+                        f"{r['nearest_neighbour_accuracy']:.1%} | {r['known_pixels_kept_exactly']} | "
+                        f"{r['wall_s']:,.0f} s |")
+    return "\n".join(rows)
+
+
+def super_resolution_table(run: dict) -> str:
+    rows = ["| factor | input | n | super_resolve: classified as the original, MSE | block repeat | "
+            "nearest training digit | largest block-mean change | wall time |", "|---|---|---|---|---|---|---|---|"]
+    for f, r in run["factors"].items():
+        cells = [f"{r[k]['accuracy']:.1%}, {r[k]['mse']:.4f}" for k in ("super_resolve", "block_repeat",
+                                                                          "nearest_neighbour")]
+        rows.append(f"| {f} | {28 // int(f)}x{28 // int(f)} | {run['n']:,} | {' | '.join(cells)} | "
+                    f"{r['block_means_max_error']:.1e} | {r['wall_s']:,.0f} s |")
+    return "\n".join(rows)
+
+
+def run_table(args) -> None:
+    runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.inputs]
+    inpainting = [run for run in runs if run.get("task") == "inpaint"]
+    if inpainting:
+        print(inpaint_table(inpainting))
+    for run in runs:
+        if run.get("task") == "super-resolution":
+            print(super_resolution_table(run))
+        elif run.get("task") != "inpaint":
+            raise SystemExit(f"{run.get('command')}: not an inpaint or super-resolution result (use `plot` for guidance)")
+
+
 def _accuracy(judge, images, labels) -> float:
     return float((predict_proba(judge, images.clamp(0, 1)).argmax(1) == labels).double().mean())
 
@@ -224,7 +271,7 @@ def run_inpaint(args, device, data, judge) -> dict:
                  # per test digit, in order: so runs over different --n compare on the digits they share
                  "inpaint_correct": (predict_proba(judge, completed.clamp(0, 1)).argmax(1) == labels).int().tolist()}
         results["regions"][region] = entry
-        print(f"{region} half hidden: inpainting {entry['inpaint_accuracy']:.1%} classified as the original digit, "
+        print(f"{_region_name(region)} hidden: inpainting {entry['inpaint_accuracy']:.1%} classified as the original digit, "
               f"nearest neighbour {entry['nearest_neighbour_accuracy']:.1%}, the masked digit itself "
               f"{entry['masked_accuracy']:.1%}; known pixels kept exactly: {kept}", flush=True)
     return results
@@ -258,8 +305,8 @@ def run_super_resolution(args, device, data, judge) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.task == "plot":
-        return run_plot(args)
+    if args.task in ("plot", "table"):
+        return (run_plot if args.task == "plot" else run_table)(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
