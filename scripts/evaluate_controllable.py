@@ -271,8 +271,8 @@ def run_inpaint(args, device, data, judge) -> dict:
                  # per test digit, in order: so runs over different --n compare on the digits they share
                  "inpaint_correct": (predict_proba(judge, completed.clamp(0, 1)).argmax(1) == labels).int().tolist()}
         results["regions"][region] = entry
-        print(f"{_region_name(region)} hidden: inpainting {entry['inpaint_accuracy']:.1%} classified as the original digit, "
-              f"nearest neighbour {entry['nearest_neighbour_accuracy']:.1%}, the masked digit itself "
+        print(f"{_region_name(region)} hidden: inpainting {entry['inpaint_accuracy']:.1%} classified as the original "
+              f"digit, nearest neighbour {entry['nearest_neighbour_accuracy']:.1%}, the masked digit itself "
               f"{entry['masked_accuracy']:.1%}; known pixels kept exactly: {kept}", flush=True)
     return results
 
