@@ -187,7 +187,7 @@ def merge_guidance(paths: list[Path]) -> dict:
 def guidance_table(results: dict) -> str:
     """The model card's table: one row per scale."""
     rows = ["| scale | classified as requested | confident (p >= 0.9) | per-class Fréchet distance (floor) | "
-            "score evaluations per sample | wall time |", "|---|---|---|---|---|---|"]
+            "guided-score calls per sample | wall time |", "|---|---|---|---|---|---|"]
     for r in results["scales"].values():
         n = results["per_class"] * 10
         rows.append(f"| {r['scale']:g} | {r['accuracy']:.1%} | {r['confident_share']:.1%} | "
@@ -196,10 +196,24 @@ def guidance_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def per_class_table(entry: dict) -> str:
+    """One scale's numbers per requested digit: accuracy, confident share, Fréchet distance and its floor."""
+    classes = entry["per_class"]
+    rows = ["| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    for name, key, fmt in (("classified as requested", "accuracy", "{:.0%}"),
+                           ("confident (p >= 0.9)", "confident_share", "{:.0%}"),
+                           ("Fréchet distance", "frechet_distance", "{:.1f}"),
+                           ("floor (held-out digits)", "frechet_floor", "{:.1f}")):
+        rows.append(f"| {name} | " + " | ".join(fmt.format(c[key]) for c in classes.values()) + " |")
+    return "\n".join(rows)
+
+
 def run_plot(args) -> None:
     results = merge_guidance(args.inputs)
     plot_tradeoff(results, args.out)
     print(guidance_table(results))
+    for key, entry in results["scales"].items():
+        print(f"\nscale {key}, per requested digit:\n{per_class_table(entry)}")
 
 
 def _region_name(region: str) -> str:
