@@ -597,3 +597,19 @@ def test_init_from_starts_a_conditional_model_as_the_score_model_it_came_from(tm
                  "--sigma", "10", *small, "--export", str(export)])
     info = torch.load(export, weights_only=False)["info"]
     assert info["init_from"] == str(plain) and info["init_from_sha256"] == sha256_file(plain)
+
+
+def test_compare_ema_raw_scores_both_weights_on_held_out_training_images(tmp_path, tiny_mnist, tiny_checkpoint,
+                                                                          monkeypatch, capsys):
+    monkeypatch.setenv("SGM_DATA_DIR", str(tiny_mnist))
+    script = _script("compare_ema_raw")
+    monkeypatch.setattr(sys, "argv", ["compare_ema_raw.py", "--checkpoint", str(tiny_checkpoint), "--sigma", "10",
+                                      "--holdout", "2", "--dsm-n", "2", "--bpd-n", "1"])
+    script.main()
+    out = capsys.readouterr().out
+    assert "VESDE(sigma=10); held-out = training images 3-4" in out        # the last 2 of 4, never the test split
+    assert out.count("DSM loss") == 2 and "raw:" in out and "ema:" in out
+    monkeypatch.setattr(sys, "argv", ["compare_ema_raw.py", "--checkpoint", str(tiny_checkpoint), "--holdout", "2",
+                                      "--dsm-n", "3"])
+    with pytest.raises(SystemExit, match="--dsm-n and --bpd-n must be in 1..--holdout"):
+        script.main()
