@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fill in a masked region of digits; save original / masked / completion as a PNG grid",
                        description="Inpainting (the paper's imputation): the known pixels are replaced at every step "
                                    "of the reverse-time sampler by the data noised to that time, the masked region is "
-                                   "sampled; --resamplings > 1 adds RePaint's resampling. Writes one PNG grid with "
+                                   "sampled with the score guided towards the known pixels (reconstruction guidance "
+                                   "through Tweedie's denoiser); --resamplings > 1 adds RePaint's resampling. "
+                                   "Writes one PNG grid with "
                                    "three rows: the originals, the masked inputs (the region to fill in gray) and the "
                                    "completions.")
     source = p.add_mutually_exclusive_group()
@@ -209,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--square-at", type=_nonnegative_int, nargs=2, metavar=("ROW", "COL"),
                    help="--mask square: its top-left pixel (default: centred)")
     p.add_argument("--resamplings", type=_positive_int, default=1,
-                   help="RePaint's resamplings per step (1: the paper's plain replacement; default: 1)")
+                   help="RePaint's resamplings per step (1: none; default: 1)")
+    p.add_argument("--reconstruction-guidance", type=_nonnegative_float, default=1.0, metavar="SCALE",
+                   help="scale of the reconstruction guidance term, >= 0 (0: the paper's replacement alone; "
+                        "default: 1)")
     p.add_argument("--no-corrector", action="store_true",
                    help="Euler-Maruyama steps only (the paper's imputation), without the Langevin corrector")
     p.add_argument("--out", type=Path, default=Path("inpaint.png"), help="output PNG (default: inpaint.png)")
@@ -501,13 +506,15 @@ def cmd_inpaint(args) -> int:
     steps = 500 if args.steps is None else args.steps
     t0 = time.perf_counter()
     completion = inpaint(counted, sde, images, known, num_steps=steps, snr=args.snr, eps=args.eps,
-                         resamplings=args.resamplings, corrector=not args.no_corrector, device=device,
+                         resamplings=args.resamplings, guidance=args.reconstruction_guidance,
+                         corrector=not args.no_corrector, device=device,
                          generator=torch.Generator().manual_seed(args.seed), progress=not args.no_progress).cpu()
     wall = time.perf_counter() - t0
     masked = torch.where(known.bool(), images, torch.full_like(images, 0.5))
     path = save_image_grid(torch.cat([images, masked, completion]), args.out, nrow=len(images))
     print(f"wrote {path}: {what} with the {args.mask if args.mask == 'square' else args.mask + ' half'} filled in by "
-          f"{source}; {steps} steps x {args.resamplings} resampling(s)"
+          f"{source}; {steps} steps x {args.resamplings} resampling(s), reconstruction guidance "
+          f"{args.reconstruction_guidance:g}"
           f"{'' if args.no_corrector else ' with a Langevin corrector'}, {counted.calls} score evaluations, "
           f"{wall:.1f} s on {device}. Rows: original, masked (region to fill in gray), completion (pixels clipped "
           "to [0, 1] for display)")

@@ -12,7 +12,8 @@ loop (:func:`~sgm_helpers.samplers.reverse_sde_sampler`), for every SDE:
 - :func:`cfg_score`: classifier-free guidance, mixing a class-conditional model's conditional and
   unconditional scores.
 - :func:`inpaint`: imputation. The known pixels are replaced, before every score evaluation, by the data
-  perturbed to the current time; optionally RePaint's resampling (Lugmayr et al. 2022).
+  perturbed to the current time, and the score is guided towards them by :func:`reconstruction_guided_score`
+  (p_t(known | x) through Tweedie's denoiser); optionally RePaint's resampling (Lugmayr et al. 2022).
 - :func:`super_resolve`: imputation after an orthogonal change of basis in which the low-resolution image
   is a set of known coordinates (the per-block normalized mean).
 """
@@ -119,6 +120,15 @@ def _check_mask(mask, images: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def _detached(fn):
+    """``fn`` as a function of its inputs alone: an ``nn.Module`` is called with its parameters and buffers
+    detached, so ``torch.func`` transforms of it build no graph through them (and work inside ``torch.no_grad``)."""
+    if not isinstance(fn, nn.Module):
+        return fn
+    state = {k: v.detach() for k, v in [*fn.named_parameters(), *fn.named_buffers()]}
+    return lambda *args: torch.func.functional_call(fn, state, args)
+
+
 # --- classifier guidance -----------------------------------------------------------------------------
 
 
@@ -146,18 +156,10 @@ class _ClassifierGuidedScore(nn.Module):
         """
         t = _batch_time(t, x)
         y = _batch_labels(self.y, x, "y")
-        classifier = self.classifier
-        if isinstance(classifier, nn.Module):
-            state = {k: v.detach() for k, v in [*classifier.named_parameters(), *classifier.named_buffers()]}
-
-            def logits_of(x_):
-                return torch.func.functional_call(classifier, state, (x_, t))
-        else:
-            def logits_of(x_):
-                return classifier(x_, t)
+        classifier = _detached(self.classifier)
 
         def log_p_y(x_):
-            logits = logits_of(x_)
+            logits = classifier(x_, t)
             if logits.dim() != 2 or logits.shape[0] != x_.shape[0]:
                 raise ValueError(f"classifier must return logits [B, num_classes] = [{x_.shape[0]}, K], "
                                  f"got {tuple(logits.shape)}")
@@ -254,10 +256,62 @@ def cfg_score(model, y, scale: float):
 # --- imputation: inpainting and super-resolution -------------------------------------------------------
 
 
+class _ReconstructionGuidedScore(nn.Module):
+    """s(x, t) + scale * grad_x log p_t(known pixels | x): see :func:`reconstruction_guided_score`."""
+
+    def __init__(self, score_model, sde, images: torch.Tensor, known: torch.Tensor, scale: float):
+        super().__init__()
+        self.score_model, self.sde, self.images, self.known, self.scale = score_model, sde, images, known, scale
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = _batch_time(t, x)
+        score_model = _detached(self.score_model)
+        if self.scale == 0:
+            return score_model(x, t)
+
+        def denoised(x_):
+            score = score_model(x_, t)
+            return self.sde.tweedie_denoise(x_, t, score), score
+
+        x0_hat, pull_back, score = torch.func.vjp(denoised, x, has_aux=True)
+        sigma2 = self.sde.sigma_of_t(t).to(x.dtype).reshape(-1, *[1] * (x.dim() - 1)) ** 2
+        r2 = sigma2 / (1 + sigma2)
+        residual = torch.where(self.known, self.images - x0_hat, torch.zeros_like(x0_hat))
+        return score + self.scale * pull_back(residual / r2)[0]
+
+
+def reconstruction_guided_score(score_model, sde, images, mask, scale: float = 1.0):
+    """A score function ``(x, t) -> s(x, t) + scale * grad_x log p_t(y | x)`` for y = the known pixels of ``images``.
+
+    Bayes' rule for scores with the noisy likelihood of the known pixels y = M x(0) approximated through
+    Tweedie's denoiser x0_hat(x, t) = E[x(0) | x(t) = x] (reconstruction guidance, Ho et al. 2022; the variance
+    of Song et al. 2023's pseudoinverse guidance):
+
+        p_t(y | x) ~= N(y; M x0_hat(x, t), r_t^2 I),     r_t^2 = sigma(t)^2 / (1 + sigma(t)^2),
+        grad_x log p_t(y | x) ~= (d x0_hat / dx)^T M (y - x0_hat(x, t)) / r_t^2,
+
+    with sigma(t) = std(t) / alpha(t) (``sde.sigma_of_t``) and r_t^2 the variance of x(0) given x(t) if the
+    data were standard normal. The vector-Jacobian product goes back through the score network with
+    ``torch.func.vjp`` (about three times the cost of a plain evaluation, counted as one). Where the
+    replacement of :func:`inpaint` only tells the network what the known pixels look like now, this term
+    pulls the unknown ones towards values from which the denoiser predicts the known pixels correctly.
+
+    Args:
+        score_model: ``(x [B, ...], t [B]) -> score``.
+        sde: the SDE the model was trained with.
+        images: ``[B, ...]`` data; only the known pixels are read.
+        mask: 1 (or True) on the known pixels; broadcasts to ``images``.
+        scale: >= 0; 0 is the plain score, 1 the approximate likelihood as it is.
+    """
+    images = _check_images(images, "images")
+    return _ReconstructionGuidedScore(score_model, sde, images, _check_mask(mask, images), _check_scale(scale))
+
+
 @torch.no_grad()
 def inpaint(score_model, sde, images, mask, *, num_steps: int = 500, snr: float = 0.16, resamplings: int = 1,
-            generator: torch.Generator | None = None, progress: bool = True, predictor: str = "euler_maruyama",
-            corrector: bool = True, eps: float = 1e-3, device=None, callback=None) -> torch.Tensor:
+            guidance: float = 1.0, generator: torch.Generator | None = None, progress: bool = True,
+            predictor: str = "euler_maruyama", corrector: bool = True, eps: float = 1e-3, device=None,
+            callback=None) -> torch.Tensor:
     """Fill in the pixels where ``mask`` is 0, keeping those where it is 1 (the paper's imputation, appendix I.2).
 
     Each step of the reverse-time sampler runs on the whole image; before each of its score evaluations
@@ -272,17 +326,26 @@ def inpaint(score_model, sde, images, mask, *, num_steps: int = 500, snr: float 
     The replacement is an approximation: it never lets the unknown pixels' history influence the known
     ones, so the two halves are not sampled jointly and the result is biased towards the unconditional
     distribution. On a correlated 2-D Gaussian it undershoots the conditional mean (tests/test_controllable.py
-    measures it). ``resamplings = U > 1`` is RePaint's fix (Lugmayr et al. 2022): after a step from t to
-    t_next, jump back to t along the forward SDE, x <- a x + b z with ``(a, b) = sde.transition_kernel(t_next, t)``,
-    and redo the step; U times in all, so the two parts mix before moving on.
+    measures it); on MNIST the completed halves often do not continue the strokes of the known ones. Two fixes:
+
+    - ``guidance`` (default 1): the score model is wrapped by :func:`reconstruction_guided_score`, Bayes'
+      rule with the known pixels' likelihood through Tweedie's denoiser, which steers the unknown pixels
+      towards values consistent with the known ones. One backward pass per score evaluation.
+    - ``resamplings = U > 1``, RePaint's fix (Lugmayr et al. 2022): after a step from t to t_next, jump back
+      to t along the forward SDE, x <- a x + b z with ``(a, b) = sde.transition_kernel(t_next, t)``, and redo
+      the step; U times in all, so the two parts mix before moving on. U times the cost.
+
+    The model card measures both on MNIST digits (the default reaches the issue's 85% target there; the
+    replacement alone does not). ``guidance=0, resamplings=1, corrector=False`` is the paper's plain
+    replacement with Euler-Maruyama.
 
     Defaults: predictor-corrector sampling as :func:`~sgm_helpers.samplers.pc_sampler` (one Langevin
-    corrector step at ``snr``, then an Euler-Maruyama step), ``num_steps`` steps, no resampling. The
-    corrector is an MCMC step on the whole image at fixed t, with the known pixels replaced before it, so it
-    too lets the two parts adjust to each other: on the toy Gaussian it removes most of the plain
-    replacement's bias at no extra option (the paper's Euler-Maruyama replacement is ``corrector=False``).
-    The cost is ``num_steps * resamplings`` steps of two score evaluations (one with ``corrector=False``);
-    wrap the model in :class:`~sgm_helpers.samplers.CountingModel` to count them.
+    corrector step at ``snr``, then an Euler-Maruyama step), ``num_steps`` steps, reconstruction guidance,
+    no resampling. The corrector is an MCMC step on the whole image at fixed t, with the known pixels
+    replaced before it, so it too lets the two parts adjust to each other. The cost is
+    ``num_steps * resamplings`` steps of two score evaluations (one with ``corrector=False``), each with a
+    backward pass when ``guidance > 0``; wrap the model in :class:`~sgm_helpers.samplers.CountingModel` to
+    count them.
 
     Args:
         score_model: ``(x [B, ...], t [B]) -> score``.
@@ -292,15 +355,19 @@ def inpaint(score_model, sde, images, mask, *, num_steps: int = 500, snr: float 
             (``[1, 28, 28]`` for one mask for all, ``[B, 1, 28, 28]`` for one per image).
         num_steps, snr, predictor, corrector, eps, device, generator, progress, callback: as
             :func:`~sgm_helpers.samplers.reverse_sde_sampler`.
-        resamplings: U >= 1, the number of times each step is done (1: the paper's plain replacement).
+        resamplings: U >= 1, the number of times each step is done (1: no resampling).
+        guidance: the scale of reconstruction guidance, >= 0 (0: replacement alone).
     Returns:
         ``[B, ...]``: the known pixels of ``images`` and the sampler's final noise-free mean elsewhere.
     """
     images = _check_images(images, "images")
     known = _check_mask(mask, images)
     resamplings = check_positive_int(resamplings, "resamplings")
+    guidance = _check_scale(guidance, "guidance")
     device = model_device(score_model, device)
     images, known = images.to(device, torch.float32), known.to(device)
+    if guidance > 0:
+        score_model = _ReconstructionGuidedScore(score_model, sde, images, known, guidance)
 
     def hook(i, t, t_next, x, one_step):
         def replace_known(x):
@@ -400,9 +467,9 @@ def from_block_basis(c: torch.Tensor, factor: int = 2) -> torch.Tensor:
 
 @torch.no_grad()
 def super_resolve(score_model, sde, low_res, factor: int = 2, *, num_steps: int = 500, snr: float = 0.16,
-                  resamplings: int = 1, generator: torch.Generator | None = None, progress: bool = True,
-                  predictor: str = "euler_maruyama", corrector: bool = True, eps: float = 1e-3, device=None,
-                  callback=None) -> torch.Tensor:
+                  resamplings: int = 1, guidance: float = 1.0, generator: torch.Generator | None = None,
+                  progress: bool = True, predictor: str = "euler_maruyama", corrector: bool = True, eps: float = 1e-3,
+                  device=None, callback=None) -> torch.Tensor:
     """Upsample ``low_res`` by ``factor``: a high-resolution sample whose f x f block means are ``low_res``.
 
     The paper's colorization trick (appendix I.3) carried over to resolution. In the orthogonal per-block
@@ -421,7 +488,8 @@ def super_resolve(score_model, sde, low_res, factor: int = 2, *, num_steps: int 
         sde: its SDE.
         low_res: ``[B, C, h, w]`` block means (e.g. ``[B, 1, 14, 14]`` for 28x28 MNIST).
         factor: the upsampling factor, an integer >= 2.
-        num_steps, snr, resamplings, generator, progress, predictor, corrector, eps, device: as :func:`inpaint`.
+        num_steps, snr, resamplings, guidance, generator, progress, predictor, corrector, eps, device: as
+            :func:`inpaint` (reconstruction guidance acts on the known block-mean coordinates).
         callback: optional ``callback(step, t_next, x_mean)`` with ``x_mean`` in pixel space.
     Returns:
         ``[B, C, f h, f w]``.
@@ -439,14 +507,16 @@ def super_resolve(score_model, sde, low_res, factor: int = 2, *, num_steps: int 
     known = torch.zeros(1, 1, h * factor, w * factor, dtype=torch.bool, device=device)
     known[..., ::factor, ::factor] = True
 
+    pixel_score = _detached(score_model)  # no graph through its parameters when guidance differentiates it
+
     def score_in_basis(c, t):
-        return to_block_basis(score_model(from_block_basis(c, factor), t), factor)
+        return to_block_basis(pixel_score(from_block_basis(c, factor), t), factor)
 
     pixel_callback = None if callback is None else (
         lambda i, t, c: callback(i, t, from_block_basis(c, factor)))
     c = inpaint(score_in_basis, sde, coeffs, known, num_steps=num_steps, snr=snr, resamplings=resamplings,
-                generator=generator, progress=progress, predictor=predictor, corrector=corrector, eps=eps,
-                device=device, callback=pixel_callback)
+                guidance=guidance, generator=generator, progress=progress, predictor=predictor, corrector=corrector,
+                eps=eps, device=device, callback=pixel_callback)
     return from_block_basis(c, factor)
 
 

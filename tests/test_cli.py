@@ -437,7 +437,8 @@ def test_inpaint_keeps_the_known_pixels_of_test_digits(tmp_path, tiny_mnist, tin
                                 "--steps", "2", "--resamplings", "2", "--device", "cpu", "--out", out,
                                 "--no-progress"], capsys)
     assert code == 0 and f"wrote {out}" in stdout and "MNIST test digits 1 0" in stdout
-    assert "2 steps x 2 resampling(s)" in stdout and "8 score evaluations" in stdout   # corrector + predictor
+    assert "2 steps x 2 resampling(s), reconstruction guidance 1" in stdout
+    assert "8 score evaluations" in stdout   # corrector + predictor
     original, masked, completion = _grid_cells(out, rows=3, cols=2)
     known = torch.ones(28, 28, dtype=torch.bool)
     known[unknown] = False
@@ -452,9 +453,10 @@ def test_inpaint_an_image_file(tmp_path, tiny_checkpoint, capsys):
     Image.fromarray((torch.rand(56, 56, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()).save(image)
     out = tmp_path / "inpaint.png"
     code, stdout, _ = run_main(["inpaint", "--image", image, "--invert", "--checkpoint", tiny_checkpoint, "--sigma",
-                                "10", "--mask", "left", "--steps", "2", "--no-corrector", "--device", "cpu",
-                                "--out", out, "--no-progress"], capsys)
+                                "10", "--mask", "left", "--steps", "2", "--no-corrector", "--reconstruction-guidance",
+                                "0", "--device", "cpu", "--out", out, "--no-progress"], capsys)
     assert code == 0 and "(inverted), resized from 56x56" in stdout and "2 score evaluations" in stdout
+    assert "reconstruction guidance 0," in stdout
     assert _grid_cells(out, rows=3, cols=1).shape == (3, 1, 28, 28)
 
 
@@ -475,6 +477,7 @@ def test_bad_inpaint_arguments_give_a_one_line_error(tmp_path, tiny_mnist, tiny_
         "square too big": (["--mask", "square", "--square-size", "28"], "--square-size must be below 28"),
         "square options without a square": (["--square-size", "4"], "--square-size and --square-at place --mask"),
         "zero resamplings": (["--resamplings", "0"], "--resamplings"),
+        "negative guidance": (["--reconstruction-guidance", "-1"], "--reconstruction-guidance"),
         "invert without an image": (["--invert"], "--invert is for --image"),
         "not a png": (["--out", tmp_path / "x.jpg"], "--out must be a .png"),
     }
