@@ -42,6 +42,7 @@ goes to --json (JSON) and is printed.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import sys
@@ -81,14 +82,17 @@ def parse_args(argv=None):
     i.add_argument("--regions", nargs="+", choices=["bottom", "top", "left", "right", "square"], default=["bottom"])
     i.add_argument("--n", type=int, default=1000)
     i.add_argument("--resamplings", type=int, default=1)
-    i.add_argument("--reconstruction-guidance", type=float, default=1.0, metavar="SCALE",
-                   help="inpaint's guidance (default: its default, 1; 0: replacement alone)")
-    i.add_argument("--no-corrector", action="store_true")
+    i.add_argument("--reconstruction-guidance", type=float, default=None, metavar="SCALE",
+                   help="inpaint's guidance (default: inpaint's default; 0: replacement alone)")
+    i.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=None,
+                   help="a Langevin corrector step before each predictor step (default: inpaint's default)")
     s = sub.add_parser("super-resolution", parents=[common], help="upsample block means of test digits")
     s.add_argument("--factors", type=int, nargs="+", default=[2, 4])
     s.add_argument("--n", type=int, default=1000)
-    s.add_argument("--reconstruction-guidance", type=float, default=1.0, metavar="SCALE",
-                   help="super_resolve's guidance (default: its default, 1; 0: replacement alone)")
+    s.add_argument("--reconstruction-guidance", type=float, default=None, metavar="SCALE",
+                   help="super_resolve's guidance (default: super_resolve's default; 0: replacement alone)")
+    s.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=None,
+                   help="a Langevin corrector step before each predictor step (default: super_resolve's default)")
     for sub_parser in (i, s):
         sub_parser.add_argument("--split", choices=["test", "holdout"], default="test",
                        help="the first --n test digits (the reported numbers), or the first --n of the 5,000 "
@@ -288,20 +292,27 @@ def _digits(args, data) -> tuple[torch.Tensor, torch.Tensor]:
     return test_images[:args.n], test_labels[:args.n]
 
 
+def _imputation_settings(args, fn) -> dict:
+    """The --steps, --reconstruction-guidance and --corrector given, else ``fn``'s defaults (recorded in the JSON)."""
+    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()}
+    given = {"num_steps": args.steps, "guidance": args.reconstruction_guidance, "corrector": args.corrector}
+    return {name: defaults[name] if value is None else value for name, value in given.items()}
+
+
 def run_inpaint(args, device, data, judge) -> dict:
     images, labels = _digits(args, data)
     pool = data[2][:TRAIN_IMAGES]
+    settings = _imputation_settings(args, inpaint)
     model, sde = load_pretrained("mnist-ve25", device=device), pretrained_sde("mnist-ve25")
-    results = {"models": ["mnist-ve25"], "split": args.split, "n": args.n, "steps": args.steps or 500,
-               "resamplings": args.resamplings,
-               "guidance": args.reconstruction_guidance, "corrector": not args.no_corrector, "regions": {}}
+    results = {"models": ["mnist-ve25"], "split": args.split, "n": args.n, "steps": settings["num_steps"],
+               "resamplings": args.resamplings, "guidance": settings["guidance"], "corrector": settings["corrector"],
+               "regions": {}}
     for region in args.regions:
         mask = region_mask(region)
         t0 = time.perf_counter()
         completed = torch.cat([
-            inpaint(model, sde, images[i:i + args.batch_size], mask, num_steps=args.steps or 500,
-                    resamplings=args.resamplings, guidance=args.reconstruction_guidance,
-                    corrector=not args.no_corrector, device=device, progress=False,
+            inpaint(model, sde, images[i:i + args.batch_size], mask, resamplings=args.resamplings, **settings,
+                    device=device, progress=False,
                     generator=torch.Generator().manual_seed(args.seed + i)).cpu()
             for i in range(0, len(images), args.batch_size)])
         kept = bool(torch.equal(completed[:, mask.expand_as(images[0])], images[:, mask.expand_as(images[0])]))
@@ -309,6 +320,7 @@ def run_inpaint(args, device, data, judge) -> dict:
                  "nearest_neighbour_accuracy": _accuracy(judge, nearest_neighbour_fill(images, mask, pool), labels),
                  "masked_accuracy": _accuracy(judge, torch.where(mask, images, torch.zeros_like(images)), labels),
                  "known_pixels_kept_exactly": kept, "wall_s": time.perf_counter() - t0,
+                 "largest_abs_pixel": float(completed.abs().max()),
                  # per test digit, in order: so runs over different --n compare on the digits they share
                  "inpaint_correct": (predict_proba(judge, completed.clamp(0, 1)).argmax(1) == labels).int().tolist()}
         results["regions"][region] = entry
@@ -322,13 +334,14 @@ def run_super_resolution(args, device, data, judge) -> dict:
     images, labels = _digits(args, data)
     pool = data[2][:TRAIN_IMAGES]
     model, sde = load_pretrained("mnist-ve25", device=device), pretrained_sde("mnist-ve25")
-    results = {"models": ["mnist-ve25"], "split": args.split, "n": args.n, "steps": args.steps or 500,
-               "guidance": args.reconstruction_guidance, "factors": {}}
+    settings = _imputation_settings(args, super_resolve)
+    results = {"models": ["mnist-ve25"], "split": args.split, "n": args.n, "steps": settings["num_steps"],
+               "guidance": settings["guidance"], "corrector": settings["corrector"], "factors": {}}
     for f in args.factors:
         low = block_means(images, f)
         t0 = time.perf_counter()
-        up = torch.cat([super_resolve(model, sde, low[i:i + args.batch_size], f, num_steps=args.steps or 500,
-                                      guidance=args.reconstruction_guidance, device=device, progress=False,
+        up = torch.cat([super_resolve(model, sde, low[i:i + args.batch_size], f, **settings, device=device,
+                                      progress=False,
                                       generator=torch.Generator().manual_seed(args.seed + i)).cpu()
                         for i in range(0, len(low), args.batch_size)])
         repeated = low.repeat_interleave(f, -1).repeat_interleave(f, -2)

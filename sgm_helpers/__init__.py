@@ -11,7 +11,8 @@ matching), ``data`` (MNIST), ``training``, ``samplers``, ``likelihood``, ``toy``
 __version__ = "0.1.0"
 
 from .classifier import MNISTClassifier, classifier_accuracy, load_classifier, predict_proba, train_classifier
-from .controllable import block_means, cfg_score, classifier_guided_score, inpaint, super_resolve
+from .controllable import (block_means, cfg_score, classifier_guided_score, inpaint, reconstruction_guided_score,
+                           super_resolve)
 from .data import load_mnist
 from .langevin import annealed_langevin_dynamics, langevin_dynamics
 from .likelihood import (BPDResult, bits_per_dim, dequantize, evaluate_bpd, exact_divergence,
@@ -45,6 +46,6 @@ __all__ = [
     "load_pretrained", "pretrained_sde", "load_score_checkpoint", "available_models", "model_info",
     "MNISTClassifier", "train_classifier", "load_classifier", "predict_proba", "classifier_accuracy",
     "frechet_distance", "classifier_features", "sample_quality", "SampleQuality",
-    "inpaint", "super_resolve", "block_means", "classifier_guided_score", "cfg_score",
+    "inpaint", "super_resolve", "block_means", "classifier_guided_score", "cfg_score", "reconstruction_guided_score",
     "ConditionalScoreNet", "TimeClassifier", "NULL_CLASS", "time_classifier_loss", "UNet",
 ]

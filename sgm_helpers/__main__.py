@@ -3,7 +3,7 @@
     python -m sgm_helpers sample --sampler pc --n 64 --steps 500 --seed 0 --out samples.png
     python -m sgm_helpers sample --class 3 --guidance classifier --out threes.png   # its default scale
     python -m sgm_helpers sample --class 3 --guidance cfg --scale 1 --out threes.png
-    python -m sgm_helpers inpaint --index 0 1 2 3 --mask bottom --resamplings 5 --out inpaint.png
+    python -m sgm_helpers inpaint --index 0 1 2 3 --mask bottom --out inpaint.png
     python -m sgm_helpers train --epochs 50 --out ckpt.pt
     python -m sgm_helpers bpd --n 1000
     python -m sgm_helpers evaluate
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .controllable import DEFAULT_SCALES, MASK_REGIONS
+from .controllable import DEFAULT_SCALES, INPAINT_GUIDANCE, MASK_REGIONS
 from .samplers import SAMPLERS
 from .sde import SDE_NAMES
 
@@ -212,11 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--mask square: its top-left pixel (default: centred)")
     p.add_argument("--resamplings", type=_positive_int, default=1,
                    help="RePaint's resamplings per step (1: none; default: 1)")
-    p.add_argument("--reconstruction-guidance", type=_nonnegative_float, default=1.0, metavar="SCALE",
+    p.add_argument("--reconstruction-guidance", type=_nonnegative_float, default=INPAINT_GUIDANCE, metavar="SCALE",
                    help="scale of the reconstruction guidance term, >= 0 (0: the paper's replacement alone; "
-                        "default: 1)")
-    p.add_argument("--no-corrector", action="store_true",
-                   help="Euler-Maruyama steps only (the paper's imputation), without the Langevin corrector")
+                        f"default: {INPAINT_GUIDANCE:g}, chosen on held-out digits)")
+    p.add_argument("--corrector", action="store_true",
+                   help="a Langevin corrector step before each Euler-Maruyama step (twice the score evaluations)")
     p.add_argument("--out", type=Path, default=Path("inpaint.png"), help="output PNG (default: inpaint.png)")
     p.set_defaults(func=cmd_inpaint)
 
@@ -507,7 +507,7 @@ def cmd_inpaint(args) -> int:
     t0 = time.perf_counter()
     completion = inpaint(counted, sde, images, known, num_steps=steps, snr=args.snr, eps=args.eps,
                          resamplings=args.resamplings, guidance=args.reconstruction_guidance,
-                         corrector=not args.no_corrector, device=device,
+                         corrector=args.corrector, device=device,
                          generator=torch.Generator().manual_seed(args.seed), progress=not args.no_progress).cpu()
     wall = time.perf_counter() - t0
     masked = torch.where(known.bool(), images, torch.full_like(images, 0.5))
@@ -515,7 +515,7 @@ def cmd_inpaint(args) -> int:
     print(f"wrote {path}: {what} with the {args.mask if args.mask == 'square' else args.mask + ' half'} filled in by "
           f"{source}; {steps} steps x {args.resamplings} resampling(s), reconstruction guidance "
           f"{args.reconstruction_guidance:g}"
-          f"{'' if args.no_corrector else ' with a Langevin corrector'}, {counted.calls} score evaluations, "
+          f"{' with a Langevin corrector' if args.corrector else ''}, {counted.calls} score evaluations, "
           f"{wall:.1f} s on {device}. Rows: original, masked (region to fill in gray), completion (pixels clipped "
           "to [0, 1] for display)")
     return 0

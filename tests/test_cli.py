@@ -413,6 +413,7 @@ def test_bad_guidance_arguments_give_a_one_line_error(tmp_path, capsys):
 def test_inpaint_help(capsys):
     code, out, _ = run_main(["inpaint", "--help"], capsys)
     assert code == 0 and "python -m sgm_helpers inpaint" in out and "--resamplings" in out and "--mask" in out
+    assert "--reconstruction-guidance" in out and "--corrector" in out
 
 
 def _grid_cells(path, rows, cols):
@@ -434,8 +435,8 @@ def test_inpaint_keeps_the_known_pixels_of_test_digits(tmp_path, tiny_mnist, tin
     out = tmp_path / "inpaint.png"
     code, stdout, _ = run_main(["inpaint", "--data-dir", tiny_mnist, "--no-download", "--index", "1", "0",
                                 "--checkpoint", tiny_checkpoint, "--sigma", "10", "--mask", mask, *extra,
-                                "--steps", "2", "--resamplings", "2", "--device", "cpu", "--out", out,
-                                "--no-progress"], capsys)
+                                "--steps", "2", "--resamplings", "2", "--corrector", "--reconstruction-guidance", "1",
+                                "--device", "cpu", "--out", out, "--no-progress"], capsys)
     assert code == 0 and f"wrote {out}" in stdout and "MNIST test digits 1 0" in stdout
     assert "2 steps x 2 resampling(s), reconstruction guidance 1" in stdout
     assert "8 score evaluations" in stdout   # corrector + predictor
@@ -453,8 +454,8 @@ def test_inpaint_an_image_file(tmp_path, tiny_checkpoint, capsys):
     Image.fromarray((torch.rand(56, 56, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()).save(image)
     out = tmp_path / "inpaint.png"
     code, stdout, _ = run_main(["inpaint", "--image", image, "--invert", "--checkpoint", tiny_checkpoint, "--sigma",
-                                "10", "--mask", "left", "--steps", "2", "--no-corrector", "--reconstruction-guidance",
-                                "0", "--device", "cpu", "--out", out, "--no-progress"], capsys)
+                                "10", "--mask", "left", "--steps", "2", "--reconstruction-guidance", "0", "--device",
+                                "cpu", "--out", out, "--no-progress"], capsys)
     assert code == 0 and "(inverted), resized from 56x56" in stdout and "2 score evaluations" in stdout
     assert "reconstruction guidance 0," in stdout
     assert _grid_cells(out, rows=3, cols=1).shape == (3, 1, 28, 28)

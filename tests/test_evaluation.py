@@ -146,14 +146,14 @@ def test_evaluate_controllable_script_writes_inpainting_and_super_resolution_res
     script.main(["table", str(tmp_path / "inpaint.json"), str(tmp_path / "inpaint_u2.json"), str(tmp_path / "sr.json")])
     tables = capsys.readouterr().out
     first_two = sum(bottom["inpaint_correct"][:2]) / 2
-    assert f"| bottom half | 1 | 1 | yes | 2 | 3 | {bottom['inpaint_accuracy']:.1%} | {first_two:.1%} |" in tables
-    assert "| bottom half | 0 | 2 | yes | 2 | 2 |" in tables and "| the centre square |" in tables
+    assert f"| bottom half | 2 | 1 | no | 2 | 3 | {bottom['inpaint_accuracy']:.1%} | {first_two:.1%} |" in tables
+    assert "| bottom half | 0 | 2 | no | 2 | 2 |" in tables and "| the centre square |" in tables
     assert "| 2 | 14x14 | 2 |" in tables
     # settings are chosen on held-out training digits; their runs are not tabulated with the test runs
     script.main(["inpaint", "--split", "holdout", "--regions", "right", "--n", "2", "--steps", "2", "--device", "cpu",
                  "--json", str(tmp_path / "inpaint_holdout.json")])
     held_out = json.loads((tmp_path / "inpaint_holdout.json").read_text())
-    assert held_out["split"] == "holdout" and held_out["guidance"] == 1.0
+    assert held_out["split"] == "holdout" and held_out["guidance"] == 2.0 and held_out["corrector"] is False
     with pytest.raises(SystemExit, match="different --split"):
         script.main(["table", str(tmp_path / "inpaint.json"), str(tmp_path / "inpaint_holdout.json")])
     script.main(["guidance", "--method", "classifier", "--scales", "0", "2", "--per-class", "2", "--steps", "2",
