@@ -31,16 +31,18 @@ from .samplers import reverse_sde_sampler
 from .utils import check_positive_int, model_device, randn
 
 DEFAULT_SCALES = {"classifier": 8.0, "cfg": 2.0}
+"""The guidance scale the command line uses when none is given (``sample --class K --guidance METHOD``), per method:
+the smallest scale of the model card's sweep at which at least 97% of the samples (100 per digit, 500
+Euler-Maruyama steps, the bundled models) were classified as the requested digit. The functions themselves
+default to the scale Bayes' rule gives, 1."""
+
 INPAINT_GUIDANCE = 2.0
 """The default scale of :func:`inpaint`'s reconstruction guidance: chosen on 200 held-out training digits (bottom
 half hidden, 500 Euler-Maruyama steps), where scale 2 had 88.0% of the completions classified as the original digit
 and scale 1 (the approximate likelihood as it is) 84.0% (``scripts/evaluate_controllable.py inpaint --split holdout``,
 the model card). On the toy Gaussian of the tests, whose data have the unit variance the approximation assumes,
-scale 1 is the right one; MNIST's pixels vary about ten times less, so the Gaussian likelihood is too broad."""
-"""The guidance scale the command line uses when none is given (``sample --class K --guidance METHOD``), per method:
-the smallest scale of the model card's sweep at which at least 97% of the samples (100 per digit, 500
-Euler-Maruyama steps, the bundled models) were classified as the requested digit. The functions themselves
-default to the scale Bayes' rule gives, 1."""
+scale 1 comes close to the true conditional and 2 overshoots it; MNIST's pixels vary about ten times less, so there
+the Gaussian likelihood is too broad and a larger scale makes up for it."""
 
 # --- argument checks ---------------------------------------------------------------------------------
 
@@ -332,7 +334,7 @@ def inpaint(score_model, sde, images, mask, *, num_steps: int = 500, snr: float 
     The replacement is an approximation: it never lets the unknown pixels' history influence the known
     ones, so the two halves are not sampled jointly and the result is biased towards the unconditional
     distribution. On a correlated 2-D Gaussian it undershoots the conditional mean (tests/test_controllable.py
-    measures it); on MNIST the completed halves often do not continue the strokes of the known ones. Two fixes:
+    measures it); on MNIST the completions often continue the strokes into another digit. Three fixes:
 
     - ``guidance`` (default :data:`INPAINT_GUIDANCE` = 2): the score model is wrapped by
       :func:`reconstruction_guided_score`, Bayes' rule with the known pixels' likelihood through Tweedie's
