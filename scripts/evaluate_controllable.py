@@ -257,27 +257,33 @@ def inpaint_table(runs: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def super_resolution_table(run: dict) -> str:
-    rows = ["| factor | input | n | super_resolve: classified as the original, MSE | block repeat | "
-            "nearest training digit | largest block-mean change | wall time |", "|---|---|---|---|---|---|---|---|"]
-    for f, r in run["factors"].items():
-        cells = [f"{r[k]['accuracy']:.1%}, {r[k]['mse']:.4f}" for k in ("super_resolve", "block_repeat",
-                                                                          "nearest_neighbour")]
-        rows.append(f"| {f} | {28 // int(f)}x{28 // int(f)} | {run['n']:,} | {' | '.join(cells)} | "
-                    f"{r['block_means_max_error']:.1e} | {r['wall_s']:,.0f} s |")
+def super_resolution_table(runs: list[dict]) -> str:
+    rows = ["| factor | input | n | reconstruction guidance | corrector | super_resolve: classified as the original, MSE "
+            "| block repeat | nearest training digit | largest block-mean change | wall time |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        # runs from before these settings were recorded used the then-default: predictor-corrector, no guidance
+        guidance, corrector = run.get("guidance", 0.0), run.get("corrector", True)
+        for f, r in run["factors"].items():
+            cells = [f"{r[k]['accuracy']:.1%}, {r[k]['mse']:.4f}" for k in ("super_resolve", "block_repeat",
+                                                                              "nearest_neighbour")]
+            rows.append(f"| {f} | {28 // int(f)}x{28 // int(f)} | {run['n']:,} | {guidance:g} | "
+                        f"{'yes' if corrector else 'no'} | {' | '.join(cells)} | {r['block_means_max_error']:.1e} | "
+                        f"{r['wall_s']:,.0f} s |")
     return "\n".join(rows)
 
 
 def run_table(args) -> None:
     runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.inputs]
+    for run in runs:
+        if run.get("task") not in ("inpaint", "super-resolution"):
+            raise SystemExit(f"{run.get('command')}: not an inpaint or super-resolution result (use `plot` for guidance)")
     inpainting = [run for run in runs if run.get("task") == "inpaint"]
     if inpainting:
         print(inpaint_table(inpainting))
-    for run in runs:
-        if run.get("task") == "super-resolution":
-            print(super_resolution_table(run))
-        elif run.get("task") != "inpaint":
-            raise SystemExit(f"{run.get('command')}: not an inpaint or super-resolution result (use `plot` for guidance)")
+    super_resolution = [run for run in runs if run.get("task") == "super-resolution"]
+    if super_resolution:
+        print(super_resolution_table(super_resolution))
 
 
 def _accuracy(judge, images, labels) -> float:

@@ -1,6 +1,7 @@
 """scripts/model_card_tables.py: the model card's tables are printed from evaluate's JSON files."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,30 @@ def test_the_readme_and_the_card_show_the_current_sample_grids_and_quote_only_me
     else:   # the README must not quote the previous weights' test number as the shipped model's
         old = json.loads((HISTORY / "evaluation_bpd.json").read_text())["bpd"]
         assert f"{old['mean']:.3f} ± {old['stderr']:.3f}" not in readme
+
+
+# --- controllable generation: the card's tables are what scripts/evaluate_controllable.py prints ------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTROLLABLE = ROOT / "docs" / "controllable"
+
+
+def _printed(*args) -> list[str]:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_controllable.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert proc.returncode == 0, proc.stderr
+    return [line for line in proc.stdout.splitlines() if line.startswith("|")]
+
+
+def test_the_model_cards_controllable_generation_tables_match_their_json(tmp_path):
+    card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
+    printed = [*_printed("table", *sorted(CONTROLLABLE.glob("inpaint_*.json"))),
+               *_printed("table", *sorted((CONTROLLABLE / "holdout").glob("inpaint_*.json"))),
+               *_printed("table", *sorted(CONTROLLABLE.glob("super_resolution*.json")))]
+    for method in ("classifier", "cfg"):
+        lines = _printed("plot", *sorted(CONTROLLABLE.glob(f"guidance_{method}_*.json")), "--out",
+                         tmp_path / f"{method}.png")
+        printed += lines[:lines.index("| | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 |")]   # the summary table
+    assert len(printed) > 20
+    missing = [line for line in printed if line not in card]
+    assert not missing, f"MODEL_CARD.md lacks rows that the JSON in docs/controllable gives: {missing}"
