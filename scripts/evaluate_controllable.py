@@ -15,9 +15,9 @@ the evaluation classifier: the share classified as the requested digit, the shar
 per class the Fréchet distance to the test digits of that class, next to the floor that as many held-out
 training digits reach. With --plot, the trade-off against the scale as a figure.
 
-``inpaint``: the first --n test digits with a region hidden, completed by ``inpaint`` (its defaults: the
-predictor-corrector sampler with reconstruction guidance; --reconstruction-guidance 0 --no-corrector is the paper's
-plain replacement); the share the evaluation classifier assigns to the original digit's class, against the
+``inpaint``: the first --n test digits with a region hidden, completed by ``inpaint`` (its defaults: Euler-Maruyama
+with reconstruction guidance at scale 2; --reconstruction-guidance 0 is the paper's plain replacement, --corrector
+adds a Langevin step before each step); the share the evaluation classifier assigns to the original digit's class, against the
 nearest-neighbour baseline (the unknown pixels of the training digit nearest on the known ones, among the first
 55,000). Settings are chosen with --split holdout (the last 5,000 training digits, which the bundled score
 model never saw; the evaluation classifier did) and reported once on the test digits.
