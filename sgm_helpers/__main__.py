@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .controllable import DEFAULT_SCALES, INPAINT_GUIDANCE, MASK_REGIONS
+from .controllable import DEFAULT_SCALES, INPAINT_GUIDANCE, INPAINT_RESAMPLINGS, MASK_REGIONS
 from .samplers import SAMPLERS
 from .sde import SDE_NAMES
 
@@ -210,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--square-size", type=_positive_int, default=None, help="--mask square: its side (default: 14)")
     p.add_argument("--square-at", type=_nonnegative_int, nargs=2, metavar=("ROW", "COL"),
                    help="--mask square: its top-left pixel (default: centred)")
-    p.add_argument("--resamplings", type=_positive_int, default=1,
-                   help="RePaint's resamplings per step (1: none; default: 1)")
+    p.add_argument("--resamplings", type=_positive_int, default=INPAINT_RESAMPLINGS,
+                   help="RePaint's resamplings per step: each step is done U times (1: none; "
+                        f"default: {INPAINT_RESAMPLINGS}, chosen on held-out digits)")
     p.add_argument("--reconstruction-guidance", type=_nonnegative_float, default=INPAINT_GUIDANCE, metavar="SCALE",
                    help="scale of the reconstruction guidance term, >= 0 (0: the paper's replacement alone; "
                         f"default: {INPAINT_GUIDANCE:g}, chosen on held-out digits)")

@@ -456,8 +456,8 @@ def test_inpaint_an_image_file(tmp_path, tiny_checkpoint, capsys):
     code, stdout, _ = run_main(["inpaint", "--image", image, "--invert", "--checkpoint", tiny_checkpoint, "--sigma",
                                 "10", "--mask", "left", "--steps", "2", "--reconstruction-guidance", "0", "--device",
                                 "cpu", "--out", out, "--no-progress"], capsys)
-    assert code == 0 and "(inverted), resized from 56x56" in stdout and "2 score evaluations" in stdout
-    assert "reconstruction guidance 0," in stdout
+    assert code == 0 and "(inverted), resized from 56x56" in stdout
+    assert "2 steps x 2 resampling(s), reconstruction guidance 0," in stdout and "4 score evaluations" in stdout
     assert _grid_cells(out, rows=3, cols=1).shape == (3, 1, 28, 28)
 
 

@@ -22,8 +22,8 @@ import torch
 
 from sgm_helpers import (VESDE, VPSDE, ConditionalScoreNet, CountingModel, Gaussian, MNISTClassifier, ScoreNet,
                          TimeClassifier, subVPSDE, three_modes)
-from sgm_helpers.controllable import (block_basis, block_means, cfg_score, classifier_guided_score, from_block_basis,
-                                      inpaint, reconstruction_guided_score, region_mask, super_resolve,
+from sgm_helpers.controllable import (INPAINT_RESAMPLINGS, block_basis, block_means, cfg_score, classifier_guided_score,
+                                      from_block_basis, inpaint, reconstruction_guided_score, region_mask, super_resolve,
                                       to_block_basis)
 from sgm_helpers.samplers import sample
 
@@ -175,7 +175,7 @@ def _inpaint_correlated(sde, n, **kwargs):
 @pytest.mark.parametrize("sde", [VESDE(25.0), VPSDE()], ids=repr)
 def test_plain_replacement_misses_the_conditional_gaussian(sde):
     # The paper's replacement with Euler-Maruyama (U = 1): mean ~0.63 and variance ~0.31 instead of 0.9 and 0.19.
-    x2 = _inpaint_correlated(sde, 2000, num_steps=250, corrector=False, guidance=0)
+    x2 = _inpaint_correlated(sde, 2000, num_steps=250, resamplings=1, corrector=False, guidance=0)
     assert TRUE_MEAN - x2.mean() > 0.15
     assert x2.var() > TRUE_VAR + 0.06
 
@@ -194,7 +194,7 @@ def test_reconstruction_guidance_reaches_the_conditional_gaussian_without_resamp
     # Guidance at scale 1 (the data have the unit variance the approximation assumes) with U = 1, 250 steps:
     # measured mean 0.868-0.878 and variance 0.201-0.207 (4,000 samples; the truth 0.9 and 0.19), where the
     # replacement alone gives 0.63 and 0.31.
-    x2 = _inpaint_correlated(sde, 4000, num_steps=250, corrector=corrector, guidance=1.0)
+    x2 = _inpaint_correlated(sde, 4000, num_steps=250, resamplings=1, corrector=corrector, guidance=1.0)
     assert abs(x2.mean() - TRUE_MEAN) < 0.05
     assert abs(x2.var() - TRUE_VAR) < 0.03
 
@@ -238,7 +238,7 @@ def test_inpaint_counts_score_evaluations_and_keeps_known_pixels(corrector, per_
 
 def test_inpaint_images_with_a_network_and_a_shared_mask():
     sde = VESDE(25.0)
-    model = ScoreNet(sde.marginal_prob_std).eval()
+    model = CountingModel(ScoreNet(sde.marginal_prob_std).eval())
     images = torch.rand(2, 1, 28, 28, generator=gen(7))
     mask = torch.ones(1, 28, 28)
     mask[:, 14:] = 0  # bottom half unknown
@@ -246,6 +246,8 @@ def test_inpaint_images_with_a_network_and_a_shared_mask():
     assert x.shape == images.shape and torch.isfinite(x).all()
     assert torch.equal(x[..., :14, :], images[..., :14, :])
     assert not torch.equal(x[..., 14:, :], images[..., 14:, :])
+    # the defaults: Euler-Maruyama, one guided evaluation per step, each step done INPAINT_RESAMPLINGS = 2 times
+    assert INPAINT_RESAMPLINGS == 2 and model.calls == 3 * 2
 
 
 # --- super-resolution --------------------------------------------------------------------------------
