@@ -4,30 +4,66 @@
 
 The evaluation can run as one command or be split into several (bits/dim in one process, each
 sampler in another, to use more cores); this script merges what the files hold, so the numbers in
-the card are copied from the files and not retyped. A sampler or bits/dim result found in more than
-one file is an error: which run the card reports must be unambiguous.
+the card are copied from the files and not retyped. A sampler result found in more than one file is
+an error: which run the card reports must be unambiguous. Bits/dim may be split over processes by
+test-image range (``evaluate --bpd-start S --bpd-n N``): disjoint ranges of the same weights, with the
+same probes and batch size, are merged into one mean and standard error over all their images;
+overlapping ranges are an error.
 """
 
 import argparse
 import json
+import math
 from pathlib import Path
 
-NAMES = {"em": "Euler-Maruyama", "pc": "predictor-corrector", "ode": "probability-flow ODE (RK45)"}
+NAMES = {"em": "Euler-Maruyama", "pc": "predictor-corrector", "ancestral": "ancestral (DDPM for VP)",
+         "ode": "probability-flow ODE (RK45)", "heun": "Heun (EDM)", "dpm2m": "DPM-Solver++(2M)"}
+
+
+def merge_bpd(parts):
+    """One bits/dim result from ``[(path, data), ...]`` whose ``bpd`` entries cover disjoint test-image ranges."""
+    if len(parts) == 1:
+        return parts[0][1]["bpd"]
+    parts = sorted(parts, key=lambda part: part[1]["bpd"].get("start", 0))
+    keys = {(data.get("weights_sha256"), data.get("model"), data["bpd"]["hutchinson"], data["bpd"]["batch_size"])
+            for _, data in parts}
+    if len(keys) > 1:
+        raise SystemExit("bits/dim parts differ in weights, probes or batch size: "
+                         + ", ".join(str(path) for path, _ in parts))
+    values, end = [], None
+    for path, data in parts:
+        b = data["bpd"]
+        if "per_image" not in b:
+            raise SystemExit(f"bits/dim found twice, and {path} has no per-image values to merge")
+        if end is not None and b.get("start", 0) < end:
+            raise SystemExit(f"bits/dim ranges overlap: {path} starts at image {b.get('start', 0)}, before {end}")
+        end = b.get("start", 0) + b["n"]
+        values += b["per_image"]
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    nfe = [k for _, data in parts for k in data["bpd"]["nfe_per_batch"]]
+    first = parts[0][1]["bpd"]
+    return {"n": n, "start": first.get("start", 0), "parts": len(parts), "mean": mean, "stderr": std / math.sqrt(n),
+            "batch_size": first["batch_size"], "hutchinson": first["hutchinson"], "nfe_per_batch": nfe,
+            "nfe_per_batch_mean": sum(nfe) / len(nfe), "wall_s": sum(data["bpd"]["wall_s"] for _, data in parts)}
 
 
 def merge(paths):
     merged = {"bpd": None, "samplers": {}, "real": None, "sources": {}}
+    bpd_parts = []
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if "bpd" in data:
-            if merged["bpd"] is not None:
-                raise SystemExit(f"bits/dim found twice ({merged['sources']['bpd']} and {path})")
-            merged["bpd"], merged["sources"]["bpd"] = data["bpd"], (path, data)
+            bpd_parts.append((path, data))
         for name, result in data.get("samplers", {}).items():
             if name in merged["samplers"]:
                 raise SystemExit(f"sampler {name!r} found twice ({merged['sources'][name][0]} and {path})")
             merged["samplers"][name], merged["sources"][name] = result, (path, data)
         merged["real"] = merged["real"] or data.get("real_data_baseline")
+    if bpd_parts:
+        merged["bpd"], merged["sources"]["bpd"] = merge_bpd(bpd_parts), bpd_parts[0]
+        merged["bpd_commands"] = [(path, data["command"]) for path, data in bpd_parts]
     return merged
 
 
@@ -49,14 +85,19 @@ def main():
     if m["bpd"]:
         b, (path, data) = m["bpd"], m["sources"]["bpd"]
         nfe = b["nfe_per_batch"]
-        print(f"## Bits/dim ({path})\n")
-        print(f"`{data['command']}`\n")
+        sources = m["bpd_commands"]
+        print(f"## Bits/dim ({', '.join(str(p) for p, _ in sources)})\n")
+        for _, command in sources:
+            print(f"`{command}`\n")
+        start = b.get("start", 0)
+        images = f"{b['n']:,}" if start == 0 else f"{b['n']:,} (indices {start:,}-{start + b['n'] - 1:,})"
+        split = f", {b['parts']} processes" if "parts" in b else ""
         print("| test images | bits/dim (mean ± standard error) | score evaluations per batch: mean, min-max "
               "| batch size | wall time |")
         print("|---|---|---|---|---|")
-        print(f"| {b['n']:,} | {b['mean']:.3f} ± {b['stderr']:.3f} | {b['nfe_per_batch_mean']:.0f}, "
+        print(f"| {images} | {b['mean']:.3f} ± {b['stderr']:.3f} | {b['nfe_per_batch_mean']:.0f}, "
               f"{min(nfe)}-{max(nfe)} | {b['batch_size']} | {b['wall_s']:,.0f} s "
-              f"({b['wall_s'] / b['n']:.2f} s per image, {threads(data)}) |\n")
+              f"({b['wall_s'] / b['n']:.2f} s per image, {threads(data)}{split}) |\n")
 
     print("## Sample quality\n")
     print("| | n | Fréchet distance | unclipped | confident share (p >= 0.9) | class histogram (0-9) "
@@ -66,7 +107,7 @@ def main():
         r = m["real"]
         print(f"| {r['n']:,} real training images (the floor at this n) | {r['n']:,} | {r['frechet_distance']:.2f} | "
               f"| {100 * r['confident_share']:.2f}% | {histogram(r['class_histogram'])} | - | - |")
-    for name in ("em", "pc", "ode"):
+    for name in [*NAMES, *sorted(set(m["samplers"]) - set(NAMES))]:   # the registry's order, then any other
         if name not in m["samplers"]:
             continue
         s, (path, data) = m["samplers"][name], m["sources"][name]
@@ -75,7 +116,7 @@ def main():
         setting = f"{s['steps']} steps" if s["steps"] else "adaptive"
         if s.get("snr") is not None:
             setting += f", snr = {s['snr']:g}"
-        print(f"| {NAMES[name]}, {setting} | {s['n']:,} | {s['frechet_distance']:.2f} | "
+        print(f"| {NAMES.get(name, s['sampler'])}, {setting} | {s['n']:,} | {s['frechet_distance']:.2f} | "
               f"{s['frechet_distance_unclipped']:.2f} | {100 * s['confident_share']:.2f}% | "
               f"{histogram(s['class_histogram'])} | {cost} (batch {s['batch_size']}) | "
               f"{s['wall_s']:,.0f} s ({threads(data)}) |")

@@ -257,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "confidently classified share, the class histogram, score evaluations and wall "
                                    "time. Writes sample grids and a JSON file to --out-dir.")
     p.add_argument("--bpd-n", type=_nonnegative_int, default=10000, help="test images for bits/dim (0 skips)")
+    p.add_argument("--bpd-start", type=_nonnegative_int, default=0,
+                   help="the first test image for bits/dim: split the 10,000 over processes with disjoint ranges "
+                        "(scripts/model_card_tables.py merges them; default: 0)")
     p.add_argument("--bpd-batch-size", type=_positive_int, default=100)
     p.add_argument("--hutchinson", choices=["rademacher", "gaussian"], default="rademacher",
                    help="Hutchinson probes for bits/dim (default: rademacher; gaussian is the tutorial's)")
@@ -604,8 +607,8 @@ def cmd_evaluate(args) -> int:
         model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
         classifier=load_classifier(device=device), samplers=args.samplers, n_samples=args.n_samples,
         batch_size=args.batch_size, steps=args.steps, snr=args.snr, eps=args.eps, bpd_n=args.bpd_n,
-        bpd_batch_size=args.bpd_batch_size, hutchinson=args.hutchinson, seed=args.seed, device=device, progress=not args.no_progress,
-        grid_dir=args.out_dir, on_update=lambda r: _write_json(json_path, {**header, **r}),
+        bpd_start=args.bpd_start, bpd_batch_size=args.bpd_batch_size, hutchinson=args.hutchinson, seed=args.seed,
+        device=device, progress=not args.no_progress, grid_dir=args.out_dir, on_update=lambda r: _write_json(json_path, {**header, **r}),
         log=lambda line: print(line, flush=True))
     results["classifier"].update(train_images=classifier_info["training"]["train_images"],
                                  sha256=classifier_info["sha256"])

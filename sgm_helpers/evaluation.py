@@ -44,14 +44,18 @@ def draw_samples(sampler: str, score_model, sde, n: int, *, shape=(1, 28, 28), s
 def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: torch.Tensor,
                    train_images: torch.Tensor, classifier, samplers=("em", "pc", "ode"), n_samples: int = 2000,
                    batch_size: int = 500, steps: int | None = None, snr: float = 0.16, eps: float = 1e-3,
-                   bpd_n: int = 10000, bpd_batch_size: int = 100, hutchinson: str = "rademacher", seed: int = 0, device=None, progress: bool = True,
-                   grid_dir=None, on_update=None, log=print) -> dict:
+                   bpd_n: int = 10000, bpd_start: int = 0, bpd_batch_size: int = 100, hutchinson: str = "rademacher",
+                   seed: int = 0, device=None, progress: bool = True, grid_dir=None, on_update=None,
+                   log=print) -> dict:
     """The model card's numbers for one model, as a JSON-ready dict.
 
     - ``classifier``: the evaluation classifier's accuracy on the test images;
     - ``real_data_baseline``: ``n_samples`` training images scored like samples (the Fréchet distance floor);
-    - ``bpd``: bits/dim on the first ``bpd_n`` test images (mean, standard error, score evaluations per batch)
-      with ``hutchinson`` probes (see :func:`~sgm_helpers.likelihood.evaluate_bpd`);
+    - ``bpd``: bits/dim on ``bpd_n`` test images from index ``bpd_start`` on (mean, standard error, every
+      image's value, score evaluations per batch) with ``hutchinson`` probes (see
+      :func:`~sgm_helpers.likelihood.evaluate_bpd`), seeded by ``seed + bpd_start``, so that disjoint ranges
+      run in separate processes are a reproducible split of one evaluation (``scripts/model_card_tables.py``
+      merges them);
     - ``samplers[name]``: for each sampler, the Fréchet distance to the test images in the classifier's
       features (clipped samples, and unclipped), the confidently classified share, the class histogram,
       score evaluations and wall time; with ``grid_dir``, a grid of the first 64 samples is saved there.
@@ -64,8 +68,9 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
     from .metrics import classifier_features, frechet_distance, sample_quality
     from .plotting import save_image_grid
 
-    if bpd_n > len(test_images):
-        raise ValueError(f"bpd_n = {bpd_n} is larger than the test split ({len(test_images)} images)")
+    if bpd_start < 0 or bpd_start + bpd_n > len(test_images):
+        raise ValueError(f"bpd_start = {bpd_start} and bpd_n = {bpd_n} must select images of the test split "
+                         f"(indices 0 to {len(test_images) - 1})")
     unknown = [s for s in samplers if s not in SAMPLERS]
     if unknown:
         raise ValueError(f"samplers must be names from {sorted(SAMPLERS)}, got {unknown}")
@@ -90,14 +95,15 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
 
     if bpd_n:
         t0 = time.perf_counter()
-        bpd = evaluate_bpd(score_model, sde, test_images[:bpd_n], batch_size=bpd_batch_size,
-                           generator=torch.Generator().manual_seed(seed), progress=progress, device=device,
-                           hutchinson=hutchinson)
-        results["bpd"] = {"n": bpd_n, "mean": bpd.mean, "stderr": bpd.stderr, "batch_size": bpd_batch_size,
-                          "hutchinson": hutchinson,
+        bpd = evaluate_bpd(score_model, sde, test_images[bpd_start:bpd_start + bpd_n], batch_size=bpd_batch_size,
+                           generator=torch.Generator().manual_seed(seed + bpd_start), progress=progress,
+                           device=device, hutchinson=hutchinson)
+        results["bpd"] = {"n": bpd_n, "start": bpd_start, "mean": bpd.mean, "stderr": bpd.stderr,
+                          "batch_size": bpd_batch_size, "hutchinson": hutchinson,
                           "nfe_per_batch_mean": sum(bpd.nfe) / len(bpd.nfe), "nfe_per_batch": bpd.nfe,
-                          "wall_s": time.perf_counter() - t0}
-        log(f"bits/dim on the first {bpd_n} test images: {bpd.mean:.3f} ± {bpd.stderr:.3f} "
+                          "wall_s": time.perf_counter() - t0,
+                          "per_image": [round(v, 6) for v in bpd.bpd.double().tolist()]}
+        log(f"bits/dim on test images {bpd_start} to {bpd_start + bpd_n - 1}: {bpd.mean:.3f} ± {bpd.stderr:.3f} "
             f"({results['bpd']['nfe_per_batch_mean']:.0f} function evaluations per batch of {bpd_batch_size})")
         update(results)
 

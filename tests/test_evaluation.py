@@ -43,13 +43,23 @@ def test_evaluate_model_returns_every_part_and_saves_grids(model_and_sde, tmp_pa
                              grid_dir=tmp_path, on_update=lambda r: updates.append(sorted(r)), log=lambda line: None)
     assert results["sde"] == {"name": "VESDE", "sigma": 25.0}
     assert 0 <= results["classifier"]["test_accuracy"] <= 1
-    assert results["bpd"]["n"] == 2 and results["bpd"]["mean"] > 0
+    assert results["bpd"]["n"] == 2 and results["bpd"]["mean"] > 0 and results["bpd"]["start"] == 0
+    assert len(results["bpd"]["per_image"]) == 2
+    assert abs(sum(results["bpd"]["per_image"]) / 2 - results["bpd"]["mean"]) < 1e-5
     for name in ("em", "dpm2m"):
         entry = results["samplers"][name]
         assert entry["steps"] == 3 and entry["score_evaluations_per_batch"] == [3, 3]
         assert (tmp_path / f"samples_{name}.png").is_file()
     assert len(updates) == 4  # baseline, bits/dim, then one per sampler
     json.dumps(results)  # JSON-ready
+    # a later range of test images, as a second process would run it: its own seed, recorded start
+    later = evaluate_model(model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
+                           classifier=load_classifier(device="cpu"), samplers=(), n_samples=6, bpd_n=2, bpd_start=4,
+                           bpd_batch_size=2, device="cpu", progress=False, log=lambda line: None)
+    assert later["bpd"]["start"] == 4 and len(later["bpd"]["per_image"]) == 2
+    with pytest.raises(ValueError, match="bpd_start = 5 and bpd_n = 2 must select images of the test split"):
+        evaluate_model(model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
+                       classifier=None, samplers=(), bpd_n=2, bpd_start=5)
     with pytest.raises(ValueError, match="samplers must be names"):
         evaluate_model(model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
                        classifier=None, samplers=("rk4",), bpd_n=0)

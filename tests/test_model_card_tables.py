@@ -39,6 +39,32 @@ def test_tables_merge_the_files(tmp_path):
     assert out.index("predictor-corrector") < out.index("probability-flow ODE")   # em, pc, ode order
 
 
+def _bpd(start, values, nfe):
+    n = len(values)
+    mean = sum(values) / n
+    stderr = (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
+    return {"n": n, "start": start, "mean": mean, "stderr": stderr, "batch_size": 2, "hutchinson": "rademacher",
+            "nfe_per_batch_mean": sum(nfe) / len(nfe), "nfe_per_batch": nfe, "wall_s": 10.0, "per_image": values}
+
+
+def test_bits_per_dim_split_over_test_image_ranges_is_merged(tmp_path):
+    first = _write(tmp_path / "bpd_0.json", weights_sha256="abc", bpd=_bpd(0, [1.0, 2.0, 3.0, 4.0], [100, 120]))
+    second = _write(tmp_path / "bpd_4.json", weights_sha256="abc", bpd=_bpd(4, [5.0, 6.0], [140]))
+    proc = _run(second, first)   # the order of the files does not matter
+    assert proc.returncode == 0, proc.stderr
+    # the mean and standard error over all six images, not the mean of the two parts' means (2.5 and 5.5)
+    assert "| 6 | 3.500 ± 0.764 | 120, 100-140 | 2 | 20 s (3.33 s per image, 1 CPU thread, 2 processes) |" in proc.stdout
+    assert "bpd_0.json # " not in proc.stdout and "# bpd_0.json`" in proc.stdout and "# bpd_4.json`" in proc.stdout
+    alone = _run(second)
+    assert "| 2 (indices 4-5) | 5.500 ± 0.500 |" in alone.stdout
+    overlapping = _write(tmp_path / "bpd_3.json", weights_sha256="abc", bpd=_bpd(3, [5.0, 6.0], [140]))
+    proc = _run(first, overlapping)
+    assert proc.returncode != 0 and "ranges overlap" in proc.stderr
+    other_weights = _write(tmp_path / "bpd_other.json", weights_sha256="def", bpd=_bpd(4, [5.0, 6.0], [140]))
+    proc = _run(first, other_weights)
+    assert proc.returncode != 0 and "differ in weights" in proc.stderr
+
+
 def test_a_result_in_two_files_is_an_error(tmp_path):
     a = _write(tmp_path / "a.json", samplers={"em": _sampler(60.0, [500])})
     b = _write(tmp_path / "b.json", samplers={"em": _sampler(61.0, [500])})
