@@ -110,6 +110,9 @@ def parse_args(argv=None):
                         "EMA weights); a class-conditional --model takes a score model's, its label embedding "
                         "starting at zero (so it starts as that model for every label)")
     p.add_argument("--export", default=None, help="also write {raw, ema, info} weights here at the end")
+    p.add_argument("--info-json", default=None,
+                   help="also write the run's record (command, settings, wall time, throughput, held-out results) "
+                        "here as JSON, e.g. under docs/ for the model card")
     p.add_argument("--eval-holdout", type=int, default=0,
                    help="at the end, bits/dim (a classifier: accuracy) of the raw and EMA weights on this many "
                         "held-out images")
@@ -197,11 +200,17 @@ def main(argv=None):
             **({"init_from_sha256": init} if init else {}),
             "torch": torch.__version__,
             "final_loss_last500_mean": sum(ckpt["losses"][-500:]) / max(len(ckpt["losses"][-500:]), 1)}
+    per_image = None
     if args.eval_holdout and network.objective == "time_classifier":
         info["holdout_accuracy"] = heldout_accuracy(ckpt, sde, args, device)
     elif args.eval_holdout:
-        info["holdout_bpd"] = heldout_bpd(ckpt, sde, args, device)
+        info["holdout_bpd"], per_image = heldout_bpd(ckpt, sde, args, device)
     print("run info: " + json.dumps(info), flush=True)
+    if args.info_json:
+        Path(args.info_json).parent.mkdir(parents=True, exist_ok=True)
+        record = {**info, **({"holdout_bpd_per_image": per_image} if per_image else {})}
+        Path(args.info_json).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote the run's record to {args.info_json}", flush=True)
     if args.export:
         Path(args.export).parent.mkdir(parents=True, exist_ok=True)
         torch.save({"raw": checkpoint_state_dict(ckpt, "raw"), "ema": checkpoint_state_dict(ckpt, "ema"),
@@ -243,15 +252,17 @@ def held_out_split(args) -> tuple[torch.Tensor, torch.Tensor]:
     return images[tail], labels[tail]
 
 
-def heldout_bpd(ckpt, sde, args, device) -> dict:
+def heldout_bpd(ckpt, sde, args, device) -> tuple[dict, dict]:
     """Bits/dim of the raw and the EMA weights on the first --eval-holdout held-out training images
-    (a class-conditional model: of its unconditional score, the null class)."""
+    (a class-conditional model: of its unconditional score, the null class): ``(summary, per-image values)``, the
+    latter ``{"raw": [...], "ema": [...]}`` for comparing runs image by image (--info-json records them)."""
     from sgm_helpers.controllable import cfg_score
     from sgm_helpers.likelihood import evaluate_bpd
 
     held_out, _ = held_out_split(args)
     conditional = NETWORKS[args.model].objective == "conditional_dsm"
     out = {"n": len(held_out), "seed": 0, **({"score": "unconditional (null class)"} if conditional else {})}
+    per_image = {}
     for which in ("raw", "ema"):
         model = checkpoint_model(ckpt, sde, which).to(device)
         if conditional:
@@ -261,8 +272,9 @@ def heldout_bpd(ckpt, sde, args, device) -> dict:
                               progress=False, device=device)
         out[which] = {"mean": result.mean, "stderr": result.stderr, "nfe_per_batch": result.nfe,
                       "wall_s": time.time() - t0}
+        per_image[which] = [round(v, 6) for v in result.bpd.double().tolist()]
         print(f"held-out bits/dim, {which} weights: {result}", flush=True)
-    return out
+    return out, per_image
 
 
 @torch.no_grad()

@@ -574,6 +574,27 @@ def test_the_training_script_trains_and_evaluates_a_time_classifier(tmp_path, ti
     assert rerun["train_seconds_total"] == record["train_seconds_total"]
 
 
+def test_the_training_script_records_held_out_bits_per_dim_per_image_in_its_info_json(tmp_path, tiny_mnist,
+                                                                                      monkeypatch, capsys):
+    monkeypatch.setenv("SGM_DATA_DIR", str(tiny_mnist))
+    script = _training_script()
+    export, record = tmp_path / "vp-export.pt", tmp_path / "docs" / "vp.json"
+    script.main(["--out", str(tmp_path / "vp.pt"), "--sde", "vp", "--likelihood-weighting", "--importance-sampling",
+                 "--dequantize", "--channels", "32", "32", "32", "32", "--batch-size", "2", "--epochs", "1",
+                 "--holdout", "2", "--eval-holdout", "2", "--device", "cpu", "--export", str(export),
+                 "--info-json", str(record)])
+    assert f"wrote the run's record to {record}" in capsys.readouterr().out
+    saved = json.loads(record.read_text())
+    assert saved["sde"]["name"] == "VPSDE" and saved["likelihood_weighting"] and saved["importance_sampling"]
+    assert saved["command"].endswith(f"--info-json {record}") and saved["holdout_bpd"]["n"] == 2
+    for which in ("raw", "ema"):   # per image, so that two runs compare image by image; their mean is the summary
+        values = saved["holdout_bpd_per_image"][which]
+        assert len(values) == 2 and abs(sum(values) / 2 - saved["holdout_bpd"][which]["mean"]) < 1e-5
+        assert "per_image" not in saved["holdout_bpd"][which]
+    info = torch.load(export, weights_only=False)["info"]   # the export (and so the manifest) keeps the summary only
+    assert "holdout_bpd_per_image" not in info and info["holdout_bpd"] == saved["holdout_bpd"]
+
+
 def test_init_from_starts_a_conditional_model_as_the_score_model_it_came_from(tmp_path, tiny_mnist, monkeypatch,
                                                                                capsys):
     from sgm_helpers.pretrained import checkpoint_model, read_checkpoint, sha256_file
