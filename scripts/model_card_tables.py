@@ -1,6 +1,6 @@
 """Print MODEL_CARD.md's evaluation tables from the JSON files `python -m sgm_helpers evaluate` wrote.
 
-    python scripts/model_card_tables.py docs/evaluation_*.json
+    python scripts/model_card_tables.py docs/evaluation_*.json [--plot docs/fd_against_nfe.png]
 
 The evaluation can run as one command or be split into several (bits/dim in one process, each
 sampler in another, to use more cores); this script merges what the files hold, so the numbers in
@@ -8,7 +8,9 @@ the card are copied from the files and not retyped. A sampler result found in mo
 an error: which run the card reports must be unambiguous. Bits/dim may be split over processes by
 test-image range (``evaluate --bpd-start S --bpd-n N``): disjoint ranges of the same weights, with the
 same probes and batch size, are merged into one mean and standard error over all their images;
-overlapping ranges are an error.
+overlapping ranges are an error. Points of the curve of Fréchet distance against score evaluations
+(``evaluate --curve``) are merged likewise (the same sampler and step count twice is an error) and,
+with --plot, drawn.
 """
 
 import argparse
@@ -50,7 +52,7 @@ def merge_bpd(parts):
 
 
 def merge(paths):
-    merged = {"bpd": None, "samplers": {}, "real": None, "sources": {}}
+    merged = {"bpd": None, "samplers": {}, "real": None, "sources": {}, "curve": {}}
     bpd_parts = []
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -60,6 +62,11 @@ def merge(paths):
             if name in merged["samplers"]:
                 raise SystemExit(f"sampler {name!r} found twice ({merged['sources'][name][0]} and {path})")
             merged["samplers"][name], merged["sources"][name] = result, (path, data)
+        for point in data.get("curve", []):
+            key = (point["name"], point["steps"])
+            if key in merged["curve"]:
+                raise SystemExit(f"curve point {key} found twice ({merged['curve'][key][1]} and {path})")
+            merged["curve"][key] = (point, path)
         merged["real"] = merged["real"] or data.get("real_data_baseline")
     if bpd_parts:
         merged["bpd"], merged["sources"]["bpd"] = merge_bpd(bpd_parts), bpd_parts[0]
@@ -79,6 +86,8 @@ def threads(data):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--plot", type=Path, default=None, help="draw the curve of Fréchet distance against score "
+                                                           "evaluations here (PNG)")
     args = p.parse_args()
     m = merge(args.files)
 
@@ -124,6 +133,52 @@ def main():
     for name, (path, data) in sorted(m["sources"].items()):
         if name != "bpd":
             print(f"- {name}: `{data['command']}` -> {path}")
+    if m["curve"]:
+        points = curve_points(m["curve"])
+        print("\n## Fréchet distance against score evaluations\n")
+        print("| sampler | steps | score evaluations | Fréchet distance | confident share (p >= 0.9) | n | wall time |")
+        print("|---|---|---|---|---|---|---|")
+        for point, nfe in points:
+            print(f"| {point['sampler']} | {point['steps'] or 'adaptive'} | {nfe:.0f} | "
+                  f"{point['frechet_distance']:.2f} | {100 * point['confident_share']:.2f}% | {point['n']:,} | "
+                  f"{point['wall_s']:,.0f} s |")
+        print()
+        for path in sorted({str(path) for _, path in m["curve"].values()}):
+            print(f"- curve: `{json.loads(Path(path).read_text(encoding='utf-8'))['command']}` -> {path}")
+        if args.plot:
+            plot_curve(points, m["real"], args.plot)
+            print(f"\nwrote {args.plot}")
+
+
+def curve_points(curve: dict) -> list:
+    """``[(point, mean score evaluations per batch), ...]`` in the registry's sampler order, then by step count."""
+    order = {name: i for i, name in enumerate(NAMES)}
+    points = [point for point, _ in curve.values()]
+    points.sort(key=lambda p: (order.get(p["name"], len(order)), p["name"], p["steps"] or 0))
+    return [(p, sum(p["score_evaluations_per_batch"]) / len(p["score_evaluations_per_batch"])) for p in points]
+
+
+def plot_curve(points, real, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(p["name"] for p, _ in points):
+        mine = [(nfe, p["frechet_distance"]) for p, nfe in points if p["name"] == name]
+        label = next(p["sampler"] for p, _ in points if p["name"] == name)
+        ax.plot(*zip(*mine), "o-" if len(mine) > 1 else "s", label=label)
+    if real:
+        ax.axhline(real["frechet_distance"], color="k", ls="--", lw=1,
+                   label=f"{real['n']:,} real training digits (the floor)")
+    n = points[0][0]["n"]
+    ax.set(xscale="log", yscale="log", xlabel="score evaluations per sample", ylabel="Fréchet distance (classifier features)",
+           title=f"Sample quality against cost ({n:,} samples per point)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=500, help="samples drawn per batch")
     p.add_argument("--samplers", nargs="*", choices=sorted(SAMPLERS), default=["em", "pc", "ode"],
                    help="samplers to score (default: em pc ode; none: bits/dim only)")
+    p.add_argument("--curve", type=_curve_points, nargs="+", default=None, metavar="SAMPLER[:STEPS,...]",
+                   help="also the Fréchet distance against score evaluations: each sampler at each step count, "
+                        "e.g. heun:5,10,18 dpm2m:10,20 em:100,1000 ode (adaptive: no steps)")
     p.add_argument("--out-dir", type=Path, default=Path("docs"), help="where grids and JSON go (default: docs/)")
     p.add_argument("--json", type=Path, help="results file (default: <out-dir>/evaluation.json)")
     p.set_defaults(func=cmd_evaluate)
@@ -590,6 +593,24 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def _curve_points(text: str) -> tuple[str, list]:
+    """``"heun:5,10,18"`` -> ``("heun", [5, 10, 18])``; ``"ode"`` -> ``("ode", [None])`` (an adaptive sampler)."""
+    name, _, steps = text.partition(":")
+    if name not in SAMPLERS:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a sampler; choose from {', '.join(sorted(SAMPLERS))}")
+    if SAMPLERS[name].default_steps is None:
+        if steps:
+            raise argparse.ArgumentTypeError(f"{name} is adaptive: give it without steps")
+        return name, [None]
+    try:
+        counts = [int(k) for k in steps.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give {name}:STEPS with step counts >= 1, e.g. {name}:10,20")
+    return name, counts
+
+
 def cmd_evaluate(args) -> int:
     from .classifier import load_classifier
     from .evaluation import evaluate_model
@@ -603,11 +624,15 @@ def cmd_evaluate(args) -> int:
     header = {"command": "python -m sgm_helpers " + " ".join(args.argv), "model": source,
               "weights_sha256": None if args.checkpoint else model_info(args.model or DEFAULT_MODEL)["sha256"]}
     classifier_info = model_info("mnist-classifier")
+    curve = {}
+    for name, counts in args.curve or []:
+        curve.setdefault(name, []).extend(counts)
     results = evaluate_model(
         model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
         classifier=load_classifier(device=device), samplers=args.samplers, n_samples=args.n_samples,
         batch_size=args.batch_size, steps=args.steps, snr=args.snr, eps=args.eps, bpd_n=args.bpd_n,
-        bpd_start=args.bpd_start, bpd_batch_size=args.bpd_batch_size, hutchinson=args.hutchinson, seed=args.seed,
+        bpd_start=args.bpd_start, bpd_batch_size=args.bpd_batch_size, hutchinson=args.hutchinson,
+        curve=curve, seed=args.seed,
         device=device, progress=not args.no_progress, grid_dir=args.out_dir, on_update=lambda r: _write_json(json_path, {**header, **r}),
         log=lambda line: print(line, flush=True))
     results["classifier"].update(train_images=classifier_info["training"]["train_images"],

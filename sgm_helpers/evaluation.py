@@ -45,8 +45,8 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
                    train_images: torch.Tensor, classifier, samplers=("em", "pc", "ode"), n_samples: int = 2000,
                    batch_size: int = 500, steps: int | None = None, snr: float = 0.16, eps: float = 1e-3,
                    bpd_n: int = 10000, bpd_start: int = 0, bpd_batch_size: int = 100, hutchinson: str = "rademacher",
-                   seed: int = 0, device=None, progress: bool = True, grid_dir=None, on_update=None,
-                   log=print) -> dict:
+                   curve: dict | None = None, seed: int = 0, device=None, progress: bool = True, grid_dir=None,
+                   on_update=None, log=print) -> dict:
     """The model card's numbers for one model, as a JSON-ready dict.
 
     - ``classifier``: the evaluation classifier's accuracy on the test images;
@@ -58,7 +58,10 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
       merges them);
     - ``samplers[name]``: for each sampler, the Fréchet distance to the test images in the classifier's
       features (clipped samples, and unclipped), the confidently classified share, the class histogram,
-      score evaluations and wall time; with ``grid_dir``, a grid of the first 64 samples is saved there.
+      score evaluations and wall time; with ``grid_dir``, a grid of the first 64 samples is saved there;
+    - ``curve``: with ``curve = {sampler: [steps, ...]}`` (``[None]`` for an adaptive sampler), the same for
+      every sampler at every step count, in the order given: Fréchet distance against score evaluations.
+      Every point draws from the same seed, so the deterministic samplers start from the same latents.
 
     Every random draw is seeded by ``seed``. ``on_update(results)`` is called after each part (to save
     partial results); ``log`` prints one line per part.
@@ -71,9 +74,15 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
     if bpd_start < 0 or bpd_start + bpd_n > len(test_images):
         raise ValueError(f"bpd_start = {bpd_start} and bpd_n = {bpd_n} must select images of the test split "
                          f"(indices 0 to {len(test_images) - 1})")
-    unknown = [s for s in samplers if s not in SAMPLERS]
+    curve = {name: list(steps_list) for name, steps_list in (curve or {}).items()}
+    unknown = [s for s in [*samplers, *curve] if s not in SAMPLERS]
     if unknown:
         raise ValueError(f"samplers must be names from {sorted(SAMPLERS)}, got {unknown}")
+    for name, steps_list in curve.items():
+        adaptive = SAMPLERS[name].default_steps is None
+        if not steps_list or not all(k is None if adaptive else type(k) is int and k >= 1 for k in steps_list):
+            raise ValueError(f"curve[{name!r}] must be " + ("[None] (the sampler is adaptive)" if adaptive else
+                             "a list of step counts >= 1") + f", got {steps_list}")
     update = on_update or (lambda results: None)
     results = {"sde": sde.config(), "device": str(device), "torch": torch.__version__,
                "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "seed": seed,
@@ -107,26 +116,37 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
             f"({results['bpd']['nfe_per_batch_mean']:.0f} function evaluations per batch of {bpd_batch_size})")
         update(results)
 
-    results["samplers"] = {}
-    for name in samplers:
-        spec = SAMPLERS[name]
-        name_steps = None if spec.default_steps is None else steps or spec.default_steps
+    def quality(name, name_steps):
+        """Samples of one sampler at one step count, scored: ``(entry, samples)``."""
         options = {"eps": eps, **({"snr": snr} if name == "pc" else {})}
         x, nfe, wall = draw_samples(name, score_model, sde, n_samples, shape=tuple(test_images.shape[1:]),
                                     steps=name_steps, batch_size=batch_size,
                                     generator=torch.Generator().manual_seed(seed), device=device, progress=progress,
                                     **options)
         clipped = sample_quality(x, classifier, reference, clip=True)
-        entry = {"sampler": spec.label, "steps": name_steps, "snr": options.get("snr"), "eps": eps,
-                 "batch_size": batch_size, "score_evaluations_per_batch": nfe, "wall_s": wall,
-                 "wall_s_per_sample": wall / len(x), **clipped.to_dict(),
-                 "frechet_distance_unclipped": frechet_distance(classifier_features(classifier, x), reference)}
+        log(f"{name}, {name_steps or 'adaptive'} steps: {clipped}; score evaluations per batch of {batch_size}: "
+            f"{nfe}; {wall:.1f} s")
+        return {"sampler": SAMPLERS[name].label, "steps": name_steps, "snr": options.get("snr"), "eps": eps,
+                "batch_size": batch_size, "score_evaluations_per_batch": nfe, "wall_s": wall,
+                "wall_s_per_sample": wall / len(x), **clipped.to_dict(),
+                "frechet_distance_unclipped": frechet_distance(classifier_features(classifier, x), reference)}, x
+
+    results["samplers"] = {}
+    for name in samplers:
+        default_steps = SAMPLERS[name].default_steps
+        entry, x = quality(name, None if default_steps is None else steps or default_steps)
         if grid_dir is not None:
             entry["grid"] = str(save_image_grid(x[:64], Path(grid_dir) / f"samples_{name}.png"))
+            log(f"grid: {entry['grid']}")
         results["samplers"][name] = entry
-        log(f"{name}: {clipped}; score evaluations per batch of {batch_size}: {nfe}; {wall:.1f} s"
-            + (f"; grid {entry['grid']}" if "grid" in entry else ""))
         update(results)
+    if curve:
+        results["curve"] = []
+        for name, steps_list in curve.items():
+            for name_steps in steps_list:
+                entry, _ = quality(name, name_steps)
+                results["curve"].append({"name": name, **entry})
+                update(results)
     return results
 
 

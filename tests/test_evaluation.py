@@ -65,6 +65,37 @@ def test_evaluate_model_returns_every_part_and_saves_grids(model_and_sde, tmp_pa
                        classifier=None, samplers=("rk4",), bpd_n=0)
 
 
+def test_evaluate_model_draws_the_curve_of_frechet_distance_against_score_evaluations(model_and_sde):
+    model, sde = model_and_sde
+    test_images, test_labels = _images(6, 1)
+    train_images, _ = _images(8, 2)
+    common = dict(test_images=test_images, test_labels=test_labels, train_images=train_images,
+                  classifier=load_classifier(device="cpu"), samplers=(), n_samples=4, batch_size=4, bpd_n=0,
+                  device="cpu", progress=False, log=lambda line: None)
+    results = evaluate_model(model, sde, curve={"heun": [2, 3], "dpm2m": [2]}, **common)
+    points = [(p["name"], p["steps"], p["score_evaluations_per_batch"]) for p in results["curve"]]
+    assert points == [("heun", 2, [3]), ("heun", 3, [5]), ("dpm2m", 2, [2])]   # Heun: 2N - 1 evaluations
+    assert all(p["n"] == 4 and p["frechet_distance"] > 0 for p in results["curve"])
+    json.dumps(results)
+    for curve, match in (({"ode": [3]}, r"curve\['ode'\] must be \[None\] \(the sampler is adaptive\)"),
+                         ({"heun": [None]}, r"curve\['heun'\] must be a list of step counts >= 1"),
+                         ({"heun": [0]}, "step counts >= 1"), ({"heun": []}, "step counts >= 1"),
+                         ({"rk4": [3]}, "samplers must be names")):
+        with pytest.raises(ValueError, match=match):
+            evaluate_model(model, sde, curve=curve, **common)
+
+
+@pytest.mark.parametrize("argv, match", [(["--curve", "rk4:3"], "'rk4' is not a sampler"),
+                                         (["--curve", "ode:3"], "ode is adaptive: give it without steps"),
+                                         (["--curve", "heun"], "give heun:STEPS with step counts >= 1"),
+                                         (["--curve", "heun:2,x"], "give heun:STEPS"),
+                                         (["--curve", "heun:0"], "give heun:STEPS")])
+def test_cli_evaluate_refuses_bad_curve_points(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", *argv])
+    assert match in capsys.readouterr().err
+
+
 def test_cli_evaluate_writes_the_json_through_evaluate_model(tmp_path, capsys):
     from test_cli import _write_idx  # the tiny idx writer the CLI tests use (tests/ is on sys.path)
 
@@ -82,6 +113,12 @@ def test_cli_evaluate_writes_the_json_through_evaluate_model(tmp_path, capsys):
     saved = json.loads((out / "evaluation.json").read_text())
     assert saved["command"].startswith("python -m sgm_helpers evaluate") and "mnist-ve25" in saved["model"]
     assert saved["samplers"]["heun"]["score_evaluations_per_batch"] == [3]
+    code = main(["evaluate", "--data-dir", tmp_path / "tiny", "--no-download", "--device", "cpu", "--no-progress",
+                 "--bpd-n", "0", "--n-samples", "2", "--batch-size", "2", "--samplers", "--curve", "heun:2",
+                 "dpm2m:2", "heun:3", "--json", out / "curve.json", "--out-dir", out])
+    assert code == 0, capsys.readouterr().err
+    curve = json.loads((out / "curve.json").read_text())["curve"]
+    assert [(p["name"], p["steps"]) for p in curve] == [("heun", 2), ("heun", 3), ("dpm2m", 2)]
     assert saved["classifier"]["sha256"] and saved["test_images"] == 3
 
 

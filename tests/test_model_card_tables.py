@@ -65,6 +65,28 @@ def test_bits_per_dim_split_over_test_image_ranges_is_merged(tmp_path):
     assert proc.returncode != 0 and "differ in weights" in proc.stderr
 
 
+def _point(name, label, steps, nfe, fd):
+    return {"name": name, **_sampler(fd, [nfe]), "sampler": label, "steps": steps}
+
+
+def test_the_curve_of_frechet_distance_against_score_evaluations_is_merged_and_drawn(tmp_path):
+    a = _write(tmp_path / "a.json", curve=[_point("em", "Euler-Maruyama", 1000, 1000, 20.0),
+                                           _point("em", "Euler-Maruyama", 100, 100, 60.0)])
+    b = _write(tmp_path / "b.json", curve=[_point("heun", "Heun (EDM)", 18, 35, 30.0),
+                                           _point("ode", "probability-flow ODE (RK45)", None, 140, 28.0)])
+    proc = _run(b, a, "--plot", tmp_path / "curve.png")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "steps |" not in line]
+    assert rows[-4:] == ["| Euler-Maruyama | 100 | 100 | 60.00 | 50.00% | 4 | 12 s |",   # registry order, then steps
+                         "| Euler-Maruyama | 1000 | 1000 | 20.00 | 50.00% | 4 | 12 s |",
+                         "| probability-flow ODE (RK45) | adaptive | 140 | 28.00 | 50.00% | 4 | 12 s |",
+                         "| Heun (EDM) | 18 | 35 | 30.00 | 50.00% | 4 | 12 s |"]
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+    again = _write(tmp_path / "c.json", curve=[_point("em", "Euler-Maruyama", 100, 100, 61.0)])
+    proc = _run(a, again)
+    assert proc.returncode != 0 and "curve point ('em', 100) found twice" in proc.stderr
+
+
 def test_a_result_in_two_files_is_an_error(tmp_path):
     a = _write(tmp_path / "a.json", samplers={"em": _sampler(60.0, [500])})
     b = _write(tmp_path / "b.json", samplers={"em": _sampler(61.0, [500])})
