@@ -633,7 +633,8 @@ def cmd_evaluate(args) -> int:
         batch_size=args.batch_size, steps=args.steps, snr=args.snr, eps=args.eps, bpd_n=args.bpd_n,
         bpd_start=args.bpd_start, bpd_batch_size=args.bpd_batch_size, hutchinson=args.hutchinson,
         curve=curve, seed=args.seed,
-        device=device, progress=not args.no_progress, grid_dir=args.out_dir, on_update=lambda r: _write_json(json_path, {**header, **r}),
+        device=device, progress=not args.no_progress, grid_dir=args.out_dir,
+        on_update=lambda r: _write_json(json_path, {**header, **r}),
         log=lambda line: print(line, flush=True))
     results["classifier"].update(train_images=classifier_info["training"]["train_images"],
                                  sha256=classifier_info["sha256"])

@@ -360,9 +360,9 @@ def inpaint(score_model, sde, images, mask, *, num_steps: int = 500, snr: float 
     The model card measures them on MNIST digits. ``guidance=0`` is the paper's plain replacement.
 
     Defaults: ``num_steps`` Euler-Maruyama steps with reconstruction guidance at scale 2, each done twice
-    (U = 2), no corrector (chosen on held-out training digits; see the model card). The cost is ``num_steps * resamplings``
-    steps of one score evaluation (two with the corrector), each with a backward pass when ``guidance > 0``;
-    wrap the model in :class:`~sgm_helpers.samplers.CountingModel` to count them.
+    (U = 2), no corrector (chosen on held-out training digits; see the model card). The cost is
+    ``num_steps * resamplings`` steps of one score evaluation (two with the corrector), each with a backward
+    pass when ``guidance > 0``; wrap the model in :class:`~sgm_helpers.samplers.CountingModel` to count them.
 
     Args:
         score_model: ``(x [B, ...], t [B]) -> score``.
