@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from .models import NULL_CLASS, NUM_CLASSES
 from .samplers import reverse_sde_sampler
-from .utils import check_positive_int, model_device, randn
+from .utils import batch_view, check_positive_int, model_device, randn
 
 DEFAULT_SCALES = {"classifier": 8.0, "cfg": 2.0}
 """The guidance scale the command line uses when none is given (``sample --class K --guidance METHOD``), per method:
@@ -289,7 +289,7 @@ class _ReconstructionGuidedScore(nn.Module):
             return self.sde.tweedie_denoise(x_, t, score), score
 
         x0_hat, pull_back, score = torch.func.vjp(denoised, x, has_aux=True)
-        sigma2 = self.sde.sigma_of_t(t).to(x.dtype).reshape(-1, *[1] * (x.dim() - 1)) ** 2
+        sigma2 = batch_view(self.sde.sigma_of_t(t), x) ** 2
         r2 = sigma2 / (1 + sigma2)
         residual = torch.where(self.known, self.images - x0_hat, torch.zeros_like(x0_hat))
         return score + self.scale * pull_back(residual / r2)[0]

@@ -37,6 +37,7 @@ from .models import GaussianFourierProjection
 from .sde import VESDE
 from .toy import GaussianMixture, three_modes
 from .training import make_ema
+from .utils import batch_view
 
 __all__ = [
     "ExerciseError",
@@ -266,10 +267,6 @@ def _image_score(mixture: GaussianMixture, sde) -> Callable:
     return lambda x, t: score(x.flatten(1), t).view_as(x)
 
 
-def _batch_view(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return value.reshape(-1, *([1] * (x.dim() - 1)))
-
-
 def _strict(model: Callable, shape: tuple) -> Callable:
     """``model`` that first checks it is called as a score network is: x of the data's ``shape`` and t of shape [B]."""
     def checked(x, t):
@@ -395,7 +392,7 @@ def check_ve_diffusion_coeff(diffusion_coeff) -> None:
 def _linear_model(seed: int, dim: int) -> Callable:
     """A fixed, imperfect "score network" for loss checks: s(x, t) = (x W) (1 + t), any data shape of size ``dim``."""
     weight = 0.5 * _randn(seed, dim, dim)
-    return lambda x, t: (x.flatten(1) @ weight).view_as(x) * _batch_view(1 + t, x)
+    return lambda x, t: (x.flatten(1) @ weight).view_as(x) * batch_view(1 + t, x)
 
 
 def check_dsm_loss(loss_fn) -> None:
@@ -581,7 +578,7 @@ def check_tweedie_denoise(tweedie_denoise) -> None:
         return sde.tweedie_denoise(x, t, score)
 
     def std_not_variance(sde, x, t, score):
-        return reference(sde, x, t, score / _batch_view(sde.marginal_prob_std(t), x))
+        return reference(sde, x, t, score / batch_view(sde.marginal_prob_std(t), x))
 
     _check(tweedie_denoise, exercise="tweedie_denoise", reference=reference, reference_name="SDE.tweedie_denoise",
            cases=_drift_cases(), mistakes=(

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .models import NULL_CLASS, NUM_CLASSES
 from .sde import SDE, sde_of
-from .utils import check_eps, randn
+from .utils import batch_view, check_eps, randn
 
 
 def dsm_loss(model, x: torch.Tensor, sde, eps: float = 1e-5, generator: torch.Generator | None = None, *,
@@ -87,7 +87,7 @@ def _perturb(x: torch.Tensor, sde, t: torch.Tensor, z: torch.Tensor) -> tuple[to
         mean, std = sde.marginal_prob(x, t)
     else:  # a bare t -> std(t) function: no drift, the mean is x
         mean, std = x, sde(t)
-    std = std.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    std = batch_view(std, x)
     return mean + std * z, std
 
 

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from .utils import check_finite_number, check_positive_int, check_shape, randn
+from .utils import batch_view, check_finite_number, check_positive_int, check_shape, randn
 
 SDE_NAMES = {"ve": "VESDE", "vp": "VPSDE", "subvp": "subVPSDE"}
 
@@ -47,12 +47,6 @@ def _as_tensor(t, device=None) -> torch.Tensor:
     if isinstance(t, torch.Tensor):
         return t if t.is_floating_point() else t.to(torch.get_default_dtype())
     return torch.as_tensor(t, dtype=torch.get_default_dtype(), device=device)
-
-
-def _batch_view(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A scalar or ``[B]`` tensor shaped ``[B, 1, ..., 1]`` to broadcast against ``x`` ``[B, ...]``."""
-    value = value.to(x.device, x.dtype)
-    return value.reshape(-1, *([1] * (x.dim() - 1))) if value.dim() == 1 else value
 
 
 class SDE(abc.ABC):
@@ -119,11 +113,11 @@ class SDE(abc.ABC):
     def sde(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward SDE's drift f(x, t) = f(t) x ``[B, ...]`` and diffusion g(t) (shaped to broadcast)."""
         t = _as_tensor(t, x.device)
-        return _batch_view(self.drift_coeff(t), x) * x, _batch_view(self.diffusion_coeff(t), x)
+        return batch_view(self.drift_coeff(t), x) * x, batch_view(self.diffusion_coeff(t), x)
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
         """f(x, t) = f(t) x."""
-        return _batch_view(self.drift_coeff(_as_tensor(t, x.device)), x) * x
+        return batch_view(self.drift_coeff(_as_tensor(t, x.device)), x) * x
 
     def drift_divergence(self, x: torch.Tensor, t) -> torch.Tensor:
         """div_x f(x, t) = f(t) D, ``[B]`` (D = x[0].numel()): exact, so the likelihood never estimates it."""
@@ -133,7 +127,7 @@ class SDE(abc.ABC):
     def marginal_prob(self, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean alpha(t) x(0) ``[B, ...]`` and std(t) of the perturbation kernel p_0t(x(t) | x(0))."""
         t = _as_tensor(t, x0.device)
-        return _batch_view(self.mean_coeff(t), x0) * x0, self.marginal_prob_std(t)
+        return batch_view(self.mean_coeff(t), x0) * x0, self.marginal_prob_std(t)
 
     def transition_kernel(self, s, t) -> tuple[torch.Tensor, torch.Tensor]:
         """The kernel from time s to a later time t: x(t) | x(s) ~ N(a x(s), b^2 I), returned as ``(a, b)``.
@@ -161,7 +155,7 @@ class SDE(abc.ABC):
         ``score`` is grad_x log p_t(x) (or the model's estimate), shaped like ``x``.
         """
         t = _as_tensor(t, x.device)
-        g2 = _batch_view(self.diffusion_coeff(t) ** 2, x)
+        g2 = batch_view(self.diffusion_coeff(t) ** 2, x)
         return self.drift(x, t) - (0.5 if probability_flow else 1.0) * g2 * score
 
     def prior_sampling(self, shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -191,7 +185,7 @@ class SDE(abc.ABC):
     def tweedie_denoise(self, x: torch.Tensor, t, score: torch.Tensor) -> torch.Tensor:
         """E[x(0) | x(t)] = (x(t) + std(t)^2 grad log p_t(x(t))) / alpha(t) (Tweedie's formula)."""
         t = _as_tensor(t, x.device)
-        std, alpha = _batch_view(self.marginal_prob_std(t), x), _batch_view(self.mean_coeff(t), x)
+        std, alpha = batch_view(self.marginal_prob_std(t), x), batch_view(self.mean_coeff(t), x)
         return (x + std ** 2 * score) / alpha
 
     # --- likelihood weighting and importance sampling of t (Song, Durkan, Murray and Ermon 2021) ----

@@ -104,6 +104,13 @@ def check_shape(shape, name: str = "shape") -> tuple[int, ...]:
     return shape
 
 
+def batch_view(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-example ``[B]`` tensor shaped ``[B, 1, ..., 1]`` to broadcast against ``x`` ``[B, ...]``, on ``x``'s
+    device and dtype (a scalar tensor is returned as it is, converted)."""
+    value = value.to(x.device, x.dtype)
+    return value.reshape(-1, *([1] * (x.dim() - 1))) if value.dim() == 1 else value
+
+
 def randn(shape, generator: torch.Generator | None = None, device=None, dtype=None) -> torch.Tensor:
     """Standard normal noise of ``shape`` on ``device``, drawn from ``generator`` wherever it lives.
 
