@@ -1,6 +1,7 @@
 """Print MODEL_CARD.md's evaluation tables from the JSON files `python -m sgm_helpers evaluate` wrote.
 
     python scripts/model_card_tables.py docs/evaluation_*.json [--plot docs/fd_against_nfe.png]
+    python scripts/model_card_tables.py --runs docs/likelihood/pilot_*.json
 
 The evaluation can run as one command or be split into several (bits/dim in one process, each
 sampler in another, to use more cores); this script merges what the files hold, so the numbers in
@@ -11,6 +12,11 @@ same probes and batch size, are merged into one mean and standard error over all
 overlapping ranges are an error. Points of the curve of Fréchet distance against score evaluations
 (``evaluate --curve``) are merged likewise (the same sampler and step count twice is an error) and,
 with --plot, drawn.
+
+--runs prints a table of training runs from the records ``scripts/train_pretrained.py --info-json`` wrote: the
+settings that differ, steps and time, held-out bits/dim of the raw and EMA weights, and each run's EMA bits/dim
+against the first run's on the same held-out images (the mean of the per-image differences, with its standard
+error: a paired comparison, much tighter than the two means' own errors).
 """
 
 import argparse
@@ -85,10 +91,15 @@ def threads(data):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("files", nargs="*", type=Path)
+    p.add_argument("--runs", nargs="+", type=Path, default=None, help="training-run records (--info-json files)")
     p.add_argument("--plot", type=Path, default=None, help="draw the curve of Fréchet distance against score "
                                                            "evaluations here (PNG)")
     args = p.parse_args()
+    if args.runs:
+        runs_table(args.runs)
+    if not args.files:
+        return
     m = merge(args.files)
 
     if m["bpd"]:
@@ -148,6 +159,51 @@ def main():
         if args.plot:
             plot_curve(points, m["real"], args.plot)
             print(f"\nwrote {args.plot}")
+
+
+def _paired(a: list, b: list) -> tuple[float, float]:
+    """Mean and standard error of the per-image differences a - b."""
+    if len(a) != len(b):
+        raise SystemExit(f"runs were evaluated on different numbers of held-out images ({len(a)} and {len(b)})")
+    d = [x - y for x, y in zip(a, b)]
+    mean = sum(d) / len(d)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1) / len(d))
+
+
+def _training_time(run: dict) -> str:
+    """All of a run's training time when the checkpoint recorded it (resumed runs), else this run's."""
+    total = run.get("train_seconds_total")
+    rate = f" at {run['steps_per_s']:.2f} steps/s" if run.get("steps_per_s") else ""
+    if total is not None and run.get("steps_this_run") != run["steps"]:
+        return f"{total:,.0f} s in all{rate} (last run)"
+    return f"{total if total is not None else run['wall_s_this_run']:,.0f} s{rate}"
+
+
+def runs_table(paths) -> None:
+    runs = [(Path(path), json.loads(Path(path).read_text(encoding="utf-8"))) for path in paths]
+    first_path, first = runs[0]
+    print(f"| run | SDE | weighting | network | steps (epochs) | training time | held-out bits/dim, raw | EMA "
+          f"| EMA minus {first_path.stem}'s, per image |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path, run in runs:
+        sde = ", ".join(f"{k} = {v:g}" for k, v in run["sde"].items() if k != "name")
+        weighting = " + ".join(name for flag, name in (("likelihood_weighting", "likelihood weighting"),
+                                                       ("importance_sampling", "importance sampling"),
+                                                       ("dequantize", "dequantized")) if run.get(flag)) or "none"
+        held = run["holdout_bpd"]
+        cells = [f"{held[w]['mean']:.3f} ± {held[w]['stderr']:.3f}" for w in ("raw", "ema")]
+        if path == first_path:
+            paired = "-"
+        else:
+            mean, se = _paired(run["holdout_bpd_per_image"]["ema"], first["holdout_bpd_per_image"]["ema"])
+            paired = f"{mean:+.3f} ± {se:.3f}"
+        print(f"| {path.stem} | {run['sde']['name']} ({sde}) | {weighting} | {run['architecture']['class']} | "
+              f"{run['steps']:,} ({run['epochs']:.1f}) | {_training_time(run)} | {cells[0]} | {cells[1]} | {paired} |")
+    print(f"\nHeld-out images: the first {first['holdout_bpd']['n']:,} of the last {first['holdout']:,} training "
+          "images.\n")
+    for path, run in runs:
+        print(f"- {path.stem}: `SGM_DATA_DIR=../shared/data {run['command']}`")
+    print()
 
 
 def curve_points(curve: dict) -> list:

@@ -88,6 +88,37 @@ def test_the_curve_of_frechet_distance_against_score_evaluations_is_merged_and_d
     assert proc.returncode != 0 and "curve point ('em', 100) found twice" in proc.stderr
 
 
+def _run_record(path, sde, raw, ema, **extra):
+    n = len(ema)
+    summary = {w: {"mean": sum(v) / n, "stderr": 0.01} for w, v in (("raw", raw), ("ema", ema))}
+    path.write_text(json.dumps({"command": f"python scripts/train_pretrained.py --sde {sde['name']}",
+                                "sde": sde, "likelihood_weighting": True, "importance_sampling": True,
+                                "dequantize": True, "architecture": {"class": "ScoreNet"}, "steps": 6880,
+                                "epochs": 8.0, "steps_this_run": 6880, "wall_s_this_run": 2500.0,
+                                "train_seconds_total": 2450.0, "steps_per_s": 2.75, "holdout": 5000,
+                                "holdout_bpd": {"n": n, **summary},
+                                "holdout_bpd_per_image": {"raw": raw, "ema": ema}, **extra}))
+    return path
+
+
+def test_the_runs_table_compares_held_out_bits_per_dim_image_by_image(tmp_path):
+    vp = _run_record(tmp_path / "pilot_vp.json", {"name": "VPSDE", "beta_min": 0.1, "beta_max": 20.0},
+                     [3.0, 4.0, 5.0], [2.0, 3.0, 4.0])
+    sub = _run_record(tmp_path / "pilot_subvp.json", {"name": "subVPSDE", "beta_min": 0.1, "beta_max": 20.0},
+                      [3.0, 4.0, 5.0], [1.9, 2.8, 4.0], steps=8000, steps_this_run=1120)
+    proc = _run("--runs", vp, sub)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert ("| pilot_vp | VPSDE (beta_min = 0.1, beta_max = 20) | likelihood weighting + importance sampling + "
+            "dequantized | ScoreNet | 6,880 (8.0) | 2,450 s at 2.75 steps/s | 4.000 ± 0.010 | 3.000 ± 0.010 | - |") in out
+    # per image: -0.1, -0.2, 0.0 -> mean -0.1, standard error 0.1 / sqrt(3)
+    assert "| 2,450 s in all at 2.75 steps/s (last run) | 4.000 ± 0.010 | 2.900 ± 0.010 | -0.100 ± 0.058 |" in out
+    assert "- pilot_subvp: `SGM_DATA_DIR=../shared/data python scripts/train_pretrained.py --sde subVPSDE`" in out
+    short = _run_record(tmp_path / "short.json", {"name": "VPSDE"}, [3.0, 4.0], [2.0, 3.0])
+    proc = _run("--runs", vp, short)
+    assert proc.returncode != 0 and "different numbers of held-out images" in proc.stderr
+
+
 def test_a_result_in_two_files_is_an_error(tmp_path):
     a = _write(tmp_path / "a.json", samplers={"em": _sampler(60.0, [500])})
     b = _write(tmp_path / "b.json", samplers={"em": _sampler(61.0, [500])})
