@@ -147,7 +147,8 @@ def main():
     if m["curve"]:
         points = curve_points(m["curve"])
         print("\n## Fréchet distance against score evaluations\n")
-        print("| sampler | steps | score evaluations | Fréchet distance | confident share (p >= 0.9) | n | wall time |")
+        print("| sampler | steps | score evaluations | Fréchet distance | confident share (p >= 0.9) | n "
+              "| wall time |")
         print("|---|---|---|---|---|---|---|")
         for point, nfe in points:
             print(f"| {point['sampler']} | {point['steps'] or 'adaptive'} | {nfe:.0f} | "
@@ -228,7 +229,8 @@ def plot_curve(points, real, path: Path) -> None:
         ax.axhline(real["frechet_distance"], color="k", ls="--", lw=1,
                    label=f"{real['n']:,} real training digits (the floor)")
     n = points[0][0]["n"]
-    ax.set(xscale="log", yscale="log", xlabel="score evaluations per sample", ylabel="Fréchet distance (classifier features)",
+    ax.set(xscale="log", yscale="log", xlabel="score evaluations per sample",
+           ylabel="Fréchet distance (classifier features)",
            title=f"Sample quality against cost ({n:,} samples per point)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
