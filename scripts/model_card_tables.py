@@ -25,7 +25,8 @@ import math
 from pathlib import Path
 
 NAMES = {"em": "Euler-Maruyama", "pc": "predictor-corrector", "ancestral": "ancestral (DDPM for VP)",
-         "ode": "probability-flow ODE (RK45)", "heun": "Heun (EDM)", "dpm2m": "DPM-Solver++(2M)"}
+         "ode": "probability-flow ODE (RK45)", "heun": "Heun (EDM)", "heun-churn": "Heun (EDM), churned",
+         "dpm2m": "DPM-Solver++(2M)"}
 
 
 def merge_bpd(parts):

@@ -127,6 +127,7 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
         log(f"{name}, {name_steps or 'adaptive'} steps: {clipped}; score evaluations per batch of {batch_size}: "
             f"{nfe}; {wall:.1f} s")
         return {"sampler": SAMPLERS[name].label, "steps": name_steps, "snr": options.get("snr"), "eps": eps,
+                **({"options": SAMPLERS[name].options} if SAMPLERS[name].options else {}),
                 "batch_size": batch_size, "score_evaluations_per_batch": nfe, "wall_s": wall,
                 "wall_s_per_sample": wall / len(x), **clipped.to_dict(),
                 "frechet_distance_unclipped": frechet_distance(classifier_features(classifier, x), reference)}, x

@@ -34,7 +34,7 @@ evaluation per step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -564,15 +564,18 @@ def dpm_solver_sampler(score_model, sde, shape=None, *, num_steps: int = 20, eps
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A sampler in :data:`SAMPLERS`: its function, a label for plots and logs, and its step argument."""
+    """A sampler in :data:`SAMPLERS`: its function, a label for plots and logs, its step argument, and settings
+    of the function that this entry fixes (the caller's own keyword arguments override them)."""
 
     fn: Callable
     label: str
     default_steps: int | None  # None: adaptive, no step count
     cost: str  # score evaluations for N steps, in words
+    options: dict = field(default_factory=dict, compare=False)
 
     def call(self, score_model, sde, shape=None, *, num_steps: int | None = None, **kwargs):
         """Run the sampler; returns only the samples (``ode_sampler``'s NFE is dropped: :func:`sample` counts)."""
+        kwargs = {**self.options, **kwargs}
         if num_steps is not None:
             if self.default_steps is None:
                 raise ValueError(f"the {self.label} sampler is adaptive and takes no num_steps")
@@ -587,6 +590,9 @@ SAMPLERS = {
     "ancestral": SamplerSpec(ancestral_sampler, "ancestral (DDPM for VP)", 1000, "N"),
     "ode": SamplerSpec(ode_sampler, "probability-flow ODE (RK45)", None, "adaptive"),
     "heun": SamplerSpec(heun_sampler, "Heun (EDM)", 18, "2N - 1"),
+    # EDM's stochastic sampler: s_churn = 80 puts the cap gamma = sqrt(2) - 1 on every one of up to 193 steps; 50
+    # steps and churning everywhere were the best of the settings tried in benchmarks/RESULTS.md
+    "heun-churn": SamplerSpec(heun_sampler, "Heun (EDM), churned", 50, "2N - 1", {"s_churn": 80.0}),
     "dpm2m": SamplerSpec(dpm_solver_sampler, "DPM-Solver++(2M)", 20, "N"),
 }
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sgm_helpers import SAMPLERS, VESDE, VPSDE, subVPSDE, get_sampler, sample, three_modes
-from sgm_helpers.samplers import euler_maruyama_sampler, pc_sampler, reverse_sde_sampler
+from sgm_helpers.samplers import euler_maruyama_sampler, heun_sampler, pc_sampler, reverse_sde_sampler
 
 MIX = three_modes()
 SDES = [VESDE(25.0), VPSDE(), subVPSDE()]
@@ -19,12 +19,25 @@ def _score(sde):
 
 @pytest.mark.parametrize("sde", SDES, ids=repr)
 @pytest.mark.parametrize("name, steps, expected_nfe", [("em", 7, 7), ("pc", 7, 14), ("ancestral", 7, 7),
-                                                         ("heun", 7, 13), ("dpm2m", 7, 7)])
+                                                         ("heun", 7, 13), ("heun-churn", 7, 13), ("dpm2m", 7, 7)])
 def test_every_registered_sampler_runs_and_counts_its_score_evaluations(sde, name, steps, expected_nfe):
     x, nfe = sample(name, _score(sde), sde, (16, 2), num_steps=steps, generator=torch.Generator().manual_seed(0),
                     progress=False)
     assert x.shape == (16, 2) and torch.isfinite(x).all()
     assert nfe == expected_nfe
+
+
+def test_the_churned_heun_entry_is_heun_sampler_with_its_fixed_churn():
+    sde = VESDE(25.0)
+    z = sde.prior_sampling((64, 2), generator=torch.Generator().manual_seed(2))
+    churned, _ = sample("heun-churn", _score(sde), sde, z=z, num_steps=6, generator=torch.Generator().manual_seed(3),
+                        progress=False)
+    direct = heun_sampler(_score(sde), sde, z=z, num_steps=6, s_churn=80.0, generator=torch.Generator().manual_seed(3),
+                          progress=False)
+    torch.testing.assert_close(churned, direct, rtol=0, atol=0)
+    plain, _ = sample("heun-churn", _score(sde), sde, z=z, num_steps=6, s_churn=0.0, progress=False)  # overridden
+    torch.testing.assert_close(plain, heun_sampler(_score(sde), sde, z=z, num_steps=6, progress=False), rtol=0, atol=0)
+    assert not torch.allclose(churned, plain)
 
 
 def test_the_ode_sampler_reports_the_same_count_as_the_registry():
