@@ -204,3 +204,14 @@ def test_the_model_cards_controllable_generation_tables_match_their_json(tmp_pat
     assert len(printed) > 20
     missing = [line for line in printed if line not in card]
     assert not missing, f"MODEL_CARD.md lacks rows that the JSON in docs/controllable gives: {missing}"
+
+
+# --- the likelihood model's pilot runs: the card's table is what model_card_tables.py --runs prints ----------------
+
+
+def test_the_model_cards_likelihood_runs_table_matches_the_run_records():
+    runs = sorted((ROOT / "docs" / "likelihood").glob("pilot_*.json"), key=lambda p: (p.name != "pilot_vp.json", p.name))
+    assert len(runs) >= 2
+    card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
+    missing = [row for row in _rows(["--runs", *runs]) if row not in card]
+    assert not missing, f"MODEL_CARD.md lacks rows that docs/likelihood/pilot_*.json give: {missing}"
