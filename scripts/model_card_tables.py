@@ -9,7 +9,7 @@ the card are copied from the files and not retyped. A sampler result found in mo
 an error: which run the card reports must be unambiguous. Bits/dim may be split over processes by
 test-image range (``evaluate --bpd-start S --bpd-n N``): disjoint ranges of the same weights, with the
 same probes and batch size, are merged into one mean and standard error over all their images;
-overlapping ranges are an error. Points of the curve of Fréchet distance against score evaluations
+ranges that overlap or leave a gap are an error. Points of the curve of Fréchet distance against score evaluations
 (``evaluate --curve``) are merged likewise (the same sampler and step count twice is an error) and,
 with --plot, drawn.
 
@@ -44,8 +44,9 @@ def merge_bpd(parts):
         b = data["bpd"]
         if "per_image" not in b:
             raise SystemExit(f"bits/dim found twice, and {path} has no per-image values to merge")
-        if end is not None and b.get("start", 0) < end:
-            raise SystemExit(f"bits/dim ranges overlap: {path} starts at image {b.get('start', 0)}, before {end}")
+        if end is not None and b.get("start", 0) != end:
+            raise SystemExit(f"bits/dim ranges must follow each other without overlap or gap: {path} starts at "
+                             f"image {b.get('start', 0)}, the range before it ends at {end}")
         end = b.get("start", 0) + b["n"]
         values += b["per_image"]
     n = len(values)

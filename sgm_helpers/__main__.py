@@ -15,8 +15,8 @@ with ``--guidance classifier`` the score model is guided by the shipped noise-co
 ("mnist-time-classifier", or ``--classifier-checkpoint``), with ``--guidance cfg`` the shipped
 class-conditional model ("mnist-conditional", or ``--checkpoint``) runs classifier-free guidance; both
 train with ``scripts/train_pretrained.py --model time-classifier|conditional``. Samplers come from
-one registry (``sgm_helpers.samplers.SAMPLERS``: em, pc, ancestral, ode, heun, heun-churn, dpm2m); SDEs are chosen with
-``--sde ve|vp|subvp``.
+one registry (``sgm_helpers.samplers.SAMPLERS``: em, pc, ancestral, ode, heun, heun-churn, dpm2m); SDEs
+are chosen with ``--sde ve|vp|subvp``.
 ``train`` runs unchanged under ``torchrun --nproc_per_node=N -m sgm_helpers train ...`` (data-parallel,
 the same global ``--batch-size``; rank 0 prints and writes the checkpoint).
 Bad arguments give a one-line ``error: ...`` on stderr and exit status 2.

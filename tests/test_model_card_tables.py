@@ -60,7 +60,10 @@ def test_bits_per_dim_split_over_test_image_ranges_is_merged(tmp_path):
     assert "| 2 (indices 4-5) | 5.500 ± 0.500 |" in alone.stdout
     overlapping = _write(tmp_path / "bpd_3.json", weights_sha256="abc", bpd=_bpd(3, [5.0, 6.0], [140]))
     proc = _run(first, overlapping)
-    assert proc.returncode != 0 and "ranges overlap" in proc.stderr
+    assert proc.returncode != 0 and "without overlap or gap" in proc.stderr
+    gap = _write(tmp_path / "bpd_5.json", weights_sha256="abc", bpd=_bpd(5, [5.0, 6.0], [140]))
+    proc = _run(first, gap)   # images 4 missing: not the range the row would claim
+    assert proc.returncode != 0 and "without overlap or gap" in proc.stderr
     other_weights = _write(tmp_path / "bpd_other.json", weights_sha256="def", bpd=_bpd(4, [5.0, 6.0], [140]))
     proc = _run(first, other_weights)
     assert proc.returncode != 0 and "differ in weights" in proc.stderr
