@@ -11,7 +11,9 @@ test-image range (``evaluate --bpd-start S --bpd-n N``): disjoint ranges of the 
 same probes and batch size, are merged into one mean and standard error over all their images;
 ranges that overlap or leave a gap are an error. Points of the curve of Fréchet distance against score evaluations
 (``evaluate --curve``) are merged likewise (the same sampler and step count twice is an error) and,
-with --plot, drawn.
+with --plot, drawn. The samplers' results at their default settings are points of the same curve (the same
+function draws and scores them, from the same seed), so once any file holds a curve, they join it; points drawn
+with different seeds or numbers of samples are an error.
 
 --runs prints a table of training runs from the records ``scripts/train_pretrained.py --info-json`` wrote: the
 settings that differ, steps and time, held-out bits/dim of the raw and EMA weights, and each run's EMA bits/dim
@@ -61,9 +63,10 @@ def merge_bpd(parts):
 
 def merge(paths):
     merged = {"bpd": None, "samplers": {}, "real": None, "sources": {}, "curve": {}}
-    bpd_parts = []
+    bpd_parts, seed_of = [], {}
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
+        seed_of[path] = data.get("seed")
         if "bpd" in data:
             bpd_parts.append((path, data))
         for name, result in data.get("samplers", {}).items():
@@ -76,6 +79,15 @@ def merge(paths):
                 raise SystemExit(f"curve point {key} found twice ({merged['curve'][key][1]} and {path})")
             merged["curve"][key] = (point, path)
         merged["real"] = merged["real"] or data.get("real_data_baseline")
+    if merged["curve"]:
+        for name, result in merged["samplers"].items():
+            key, path = (name, result["steps"]), merged["sources"][name][0]
+            if key in merged["curve"]:
+                raise SystemExit(f"curve point {key} found twice ({merged['curve'][key][1]} and {path})")
+            merged["curve"][key] = ({"name": name, **result}, path)
+        seeds = {(seed_of[path], point["n"]) for point, path in merged["curve"].values()}
+        if len(seeds) > 1:
+            raise SystemExit(f"the curve's points were drawn with different (seed, number of samples): {sorted(seeds)}")
     if bpd_parts:
         merged["bpd"], merged["sources"]["bpd"] = merge_bpd(bpd_parts), bpd_parts[0]
         merged["bpd_commands"] = [(path, data["command"]) for path, data in bpd_parts]

@@ -91,6 +91,26 @@ def test_the_curve_of_frechet_distance_against_score_evaluations_is_merged_and_d
     assert proc.returncode != 0 and "curve point ('em', 100) found twice" in proc.stderr
 
 
+def test_the_samplers_at_their_default_settings_join_the_curve(tmp_path):
+    curve = _write(tmp_path / "curve.json", seed=0, curve=[_point("heun", "Heun (EDM)", 5, 9, 80.0)])
+    defaults = _write(tmp_path / "heun.json", seed=0, samplers={"heun": {**_sampler(30.0, [35]), "sampler": "Heun (EDM)",
+                                                                   "steps": 18}})
+    proc = _run(defaults, curve)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.split("## Fréchet distance against score evaluations")[1].splitlines()
+            if line.startswith("| Heun")]
+    assert rows == ["| Heun (EDM) | 5 | 9 | 80.00 | 50.00% | 4 | 12 s |",
+                    "| Heun (EDM) | 18 | 35 | 30.00 | 50.00% | 4 | 12 s |"]
+    alone = _run(defaults)   # no curve in the files: no curve section
+    assert alone.returncode == 0 and "against score evaluations" not in alone.stdout
+    twice = _write(tmp_path / "twice.json", seed=0, curve=[_point("heun", "Heun (EDM)", 18, 35, 31.0)])
+    proc = _run(defaults, twice)
+    assert proc.returncode != 0 and "curve point ('heun', 18) found twice" in proc.stderr
+    other_seed = _write(tmp_path / "seed1.json", seed=1, samplers={"em": _sampler(60.0, [500])})
+    proc = _run(curve, other_seed)
+    assert proc.returncode != 0 and "different (seed, number of samples)" in proc.stderr
+
+
 def _run_record(path, sde, raw, ema, **extra):
     n = len(ema)
     summary = {w: {"mean": sum(v) / n, "stderr": 0.01} for w, v in (("raw", raw), ("ema", ema))}
