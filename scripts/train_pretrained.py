@@ -34,6 +34,7 @@ prints, checkpoints, evaluates and exports):
 """
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -61,6 +62,7 @@ class Network:
     objective: str             # train()'s objective
 
 
+UNET_CHANNELS = inspect.signature(UNet).parameters["channels"].default   # benchmarks/RESULTS.md chose it
 NETWORKS = {
     "scorenet": Network(lambda sde, ch: ScoreNet(sde.marginal_prob_std, channels=ch), (32, 64, 128, 256),
                         "score_model", "dsm"),
@@ -68,8 +70,8 @@ NETWORKS = {
                            "conditional_score_model", "conditional_dsm"),
     "time-classifier": Network(lambda sde, ch: TimeClassifier(channels=ch), (32, 64, 128),
                                "time_classifier", "time_classifier"),
-    "unet": Network(lambda sde, ch: UNet(sde.marginal_prob_std, channels=ch), (32, 64, 128), "score_model", "dsm"),
-    "unet-conditional": Network(lambda sde, ch: UNet(sde.marginal_prob_std, channels=ch, num_classes=10), (32, 64, 128),
+    "unet": Network(lambda sde, ch: UNet(sde.marginal_prob_std, channels=ch), UNET_CHANNELS, "score_model", "dsm"),
+    "unet-conditional": Network(lambda sde, ch: UNet(sde.marginal_prob_std, channels=ch, num_classes=10), UNET_CHANNELS,
                                 "conditional_score_model", "conditional_dsm"),
 }
 DEFAULT_P_UNCOND = 0.1                        # class-conditional models: label dropout
