@@ -47,6 +47,7 @@ import torch
 
 from sgm_helpers import (ConditionalScoreNet, ScoreNet, TimeClassifier, UNet, load_mnist, make_ema, make_sde,
                          seed_everything, train)
+from sgm_helpers.models import TIME_INPUTS
 from sgm_helpers.pretrained import checkpoint_model, checkpoint_state_dict, read_checkpoint
 from sgm_helpers.training import PRECISIONS
 from sgm_helpers.utils import broadcast_object, init_distributed, local_rank0_first
@@ -56,7 +57,7 @@ from sgm_helpers.utils import broadcast_object, init_distributed, local_rank0_fi
 class Network:
     """One --model: how to build it for an SDE with given channels, and how it is trained and shipped."""
 
-    build: Callable            # (sde, channels) -> an nn.Module with an ``architecture``
+    build: Callable            # (sde, channels, time_input) -> an nn.Module with an ``architecture``
     channels: tuple            # default --channels
     kind: str                  # the manifest's kind
     objective: str             # train()'s objective
@@ -64,14 +65,16 @@ class Network:
 
 UNET_CHANNELS = inspect.signature(UNet).parameters["channels"].default   # benchmarks/RESULTS.md chose it
 NETWORKS = {
-    "scorenet": Network(lambda sde, ch: ScoreNet(sde.marginal_prob_std, channels=ch), (32, 64, 128, 256),
-                        "score_model", "dsm"),
-    "conditional": Network(lambda sde, ch: ConditionalScoreNet(sde.marginal_prob_std, channels=ch), (32, 64, 128, 256),
-                           "conditional_score_model", "conditional_dsm"),
-    "time-classifier": Network(lambda sde, ch: TimeClassifier(channels=ch), (32, 64, 128),
+    "scorenet": Network(lambda sde, ch, ti: ScoreNet(sde.marginal_prob_std, channels=ch, time_input=ti),
+                        (32, 64, 128, 256), "score_model", "dsm"),
+    "conditional": Network(lambda sde, ch, ti: ConditionalScoreNet(sde.marginal_prob_std, channels=ch, time_input=ti),
+                           (32, 64, 128, 256), "conditional_score_model", "conditional_dsm"),
+    "time-classifier": Network(lambda sde, ch, ti: TimeClassifier(channels=ch), (32, 64, 128),
                                "time_classifier", "time_classifier"),
-    "unet": Network(lambda sde, ch: UNet(sde.marginal_prob_std, channels=ch), UNET_CHANNELS, "score_model", "dsm"),
-    "unet-conditional": Network(lambda sde, ch: UNet(sde.marginal_prob_std, channels=ch, num_classes=10), UNET_CHANNELS,
+    "unet": Network(lambda sde, ch, ti: UNet(sde.marginal_prob_std, channels=ch, time_input=ti), UNET_CHANNELS,
+                    "score_model", "dsm"),
+    "unet-conditional": Network(lambda sde, ch, ti: UNet(sde.marginal_prob_std, channels=ch, num_classes=10,
+                                                         time_input=ti), UNET_CHANNELS,
                                 "conditional_score_model", "conditional_dsm"),
 }
 DEFAULT_P_UNCOND = 0.1                        # class-conditional models: label dropout
@@ -96,6 +99,9 @@ def parse_args(argv=None):
     p.add_argument("--likelihood-weighting", action="store_true")
     p.add_argument("--importance-sampling", action="store_true")
     p.add_argument("--dequantize", action="store_true")
+    p.add_argument("--time-input", choices=list(TIME_INPUTS), default="t",
+                   help="score models: what the time embedding sees, t (the tutorial's) or log std(t), the log noise "
+                        "level (default t)")
     p.add_argument("--channels", type=int, nargs="+", default=None,
                    help="the network's channels (default: " + "; ".join(
                        f"{name} {' '.join(map(str, net.channels))}" for name, net in NETWORKS.items()) + ")")
@@ -128,6 +134,8 @@ def parse_args(argv=None):
     elif not 0.0 <= args.p_uncond <= 1.0:
         p.error(f"--p-uncond must be a probability in [0, 1], got {args.p_uncond}")
     score_only = [flag for flag in ("likelihood_weighting", "importance_sampling", "dequantize") if getattr(args, flag)]
+    if network.objective == "time_classifier" and args.time_input != "t":
+        score_only.append("time_input")
     if network.objective == "time_classifier" and score_only:
         p.error(f"--{score_only[0].replace('_', '-')} is for score models; --model {args.model} trains on the "
                 "plain cross-entropy of noised images")
@@ -148,7 +156,7 @@ def main(argv=None):
            else make_sde(args.sde, beta_min=args.beta_min, beta_max=args.beta_max))
     network = NETWORKS[args.model]
     try:
-        model = network.build(sde, args.channels)
+        model = network.build(sde, args.channels, args.time_input)
     except ValueError as err:
         raise SystemExit(f"error: --channels {' '.join(map(str, args.channels))} for --model {args.model}: {err}")
     init = init_weights(model, args.init_from, sde) if args.init_from and not Path(args.out).is_file() else None

@@ -52,12 +52,30 @@ NUM_CLASSES = 10  # MNIST's digits
 NULL_CLASS = NUM_CLASSES  # the label index of "no label" in ConditionalScoreNet (classifier-free guidance)
 
 
-def time_embedding(embed_dim: int) -> nn.Sequential:
-    """ScoreNet's time embedding: Gaussian Fourier features of t, then a linear layer, ``[B] -> [B, embed_dim]``.
+# What a score network's time embedding sees, and the scale of its Fourier frequencies: the time t itself on
+# [0, 1] (the tutorial's), or the log noise level log std(t), about -7 to 2.3 for these SDEs (as NCSN++ and EDM
+# condition on the noise level). Near t = 0, where bits/dim are decided, features of t barely change
+# (sin(2 pi W t) ~ 2 pi W t < 0.2 for t < 1e-3) while log std(t) still moves by a unit per factor e in noise.
+TIME_INPUTS = {"t": 30.0, "log_std": 4.0}
+
+
+def time_embedding(embed_dim: int, scale: float = TIME_INPUTS["t"]) -> nn.Sequential:
+    """ScoreNet's time embedding: Gaussian Fourier features, then a linear layer, ``[B] -> [B, embed_dim]``.
 
     (The swish that follows is applied by the network.) Keys ``0.W``, ``1.weight``, ``1.bias``, as in the tutorial.
     """
-    return nn.Sequential(GaussianFourierProjection(embed_dim=embed_dim), nn.Linear(embed_dim, embed_dim))
+    return nn.Sequential(GaussianFourierProjection(embed_dim=embed_dim, scale=scale), nn.Linear(embed_dim, embed_dim))
+
+
+def _check_time_input(time_input) -> str:
+    if time_input not in TIME_INPUTS:
+        raise ValueError(f"time_input must be one of {', '.join(map(repr, TIME_INPUTS))}, got {time_input!r}")
+    return time_input
+
+
+def time_feature(t: torch.Tensor, marginal_prob_std, time_input: str) -> torch.Tensor:
+    """The input ``[B]`` of the time embedding: ``t`` itself, or ``log std(t)`` for ``time_input="log_std"``."""
+    return t if time_input == "t" else torch.log(marginal_prob_std(t))
 
 
 def _check_images_and_time(x: torch.Tensor, t, name: str) -> torch.Tensor:
@@ -86,11 +104,14 @@ class ScoreNet(nn.Module):
         channels: feature channels of the four resolutions; each must be a positive multiple of 32
             (GroupNorm with 32 groups; the first resolution also has one with 4 groups).
         embed_dim: size of the time embedding.
+        time_input: what the time embedding sees (:data:`TIME_INPUTS`): ``"t"``, the tutorial's, or
+            ``"log_std"``, the log noise level log std(t).
 
     Input ``x`` of shape ``[B, 1, 28, 28]`` and ``t`` of shape ``[B]`` (or a float); output ``[B, 1, 28, 28]``.
     """
 
-    def __init__(self, marginal_prob_std, channels=(32, 64, 128, 256), embed_dim: int = 256):
+    def __init__(self, marginal_prob_std, channels=(32, 64, 128, 256), embed_dim: int = 256,
+                 time_input: str = "t"):
         super().__init__()
         channels = tuple(channels)
         if (len(channels) != 4 or any(not isinstance(c, numbers.Integral) or isinstance(c, bool) or c < 32 or c % 32
@@ -101,7 +122,8 @@ class ScoreNet(nn.Module):
         self.marginal_prob_std = marginal_prob_std
         self.channels = channels
         self.embed_dim = embed_dim
-        self.embed = time_embedding(embed_dim)
+        self.time_input = _check_time_input(time_input)
+        self.embed = time_embedding(embed_dim, TIME_INPUTS[self.time_input])
         # Encoder: resolution goes down.
         self.conv1 = nn.Conv2d(1, channels[0], 3, stride=1, bias=False)
         self.dense1 = Dense(embed_dim, channels[0])
@@ -132,7 +154,8 @@ class ScoreNet(nn.Module):
     @property
     def architecture(self) -> dict:
         """The class name and constructor arguments (JSON-ready), from which a manifest or checkpoint rebuilds it."""
-        return {"class": type(self).__name__, "channels": list(self.channels), "embed_dim": self.embed_dim}
+        return {"class": type(self).__name__, "channels": list(self.channels), "embed_dim": self.embed_dim,
+                **({"time_input": self.time_input} if self.time_input != "t" else {})}
 
     @staticmethod
     def act(x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +164,11 @@ class ScoreNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         t = _check_images_and_time(x, t, type(self).__name__)
-        return self._unet(x, t, self.act(self.embed(t)))
+        return self._unet(x, t, self.act(self.embed_time(t)))
+
+    def embed_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The time embedding ``[B] -> [B, embed_dim]`` (before the swish)."""
+        return self.embed(time_feature(t, self.marginal_prob_std, self.time_input))
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
         """The U-Net body, given the (activated) conditioning embedding ``[B, embed_dim]``."""
@@ -179,8 +206,8 @@ class ConditionalScoreNet(ScoreNet):
     """
 
     def __init__(self, marginal_prob_std, channels=(32, 64, 128, 256), embed_dim: int = 256,
-                 num_classes: int = NUM_CLASSES):
-        super().__init__(marginal_prob_std, channels, embed_dim)
+                 num_classes: int = NUM_CLASSES, time_input: str = "t"):
+        super().__init__(marginal_prob_std, channels, embed_dim, time_input)
         self.num_classes = check_positive_int(num_classes, "num_classes")
         self.null_class = self.num_classes
         self.label_embed = nn.Embedding(self.num_classes + 1, embed_dim)
@@ -189,7 +216,7 @@ class ConditionalScoreNet(ScoreNet):
     def forward(self, x: torch.Tensor, t, y=_NO_LABELS) -> torch.Tensor:
         t = _check_images_and_time(x, t, type(self).__name__)
         y = self.labels(y, x.shape[0], x.device)
-        return self._unet(x, t, self.act(self.embed(t) + self.label_embed(y)))
+        return self._unet(x, t, self.act(self.embed_time(t) + self.label_embed(y)))
 
     @property
     def architecture(self) -> dict:
@@ -368,8 +395,8 @@ class UNet(nn.Module):
 
         embed = swish(Linear(Fourier(t)) [+ E[y]])
 
-    built by :func:`time_embedding` (the tutorial's Gaussian Fourier features), as in :class:`ScoreNet`.
-    As there, the output is divided by ``marginal_prob_std(t)``, the std of the SDE's perturbation kernel
+    built by :func:`time_embedding` (the tutorial's Gaussian Fourier features), as in :class:`ScoreNet`, of t or,
+    with ``time_input="log_std"``, of log std(t) (:data:`TIME_INPUTS`). As there, the output is divided by ``marginal_prob_std(t)``, the std of the SDE's perturbation kernel
     (VE, VP or sub-VP alike): the score of p_0t(x(t) | x(0)) is -z / std(t), so the network predicts a
     quantity of unit scale. The last convolution and the second one of each block start at zero, so a new
     network outputs 0.
@@ -397,7 +424,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, marginal_prob_std, channels=(16, 32, 96), num_res_blocks: int = 1, attention: bool = True,
-                 embed_dim: int = 128, num_classes: int | None = None):
+                 embed_dim: int = 128, num_classes: int | None = None, time_input: str = "t"):
         super().__init__()
         channels = tuple(channels)
         if (not 1 <= len(channels) <= 3 or any(not isinstance(c, numbers.Integral) or isinstance(c, bool) or c < 1
@@ -412,8 +439,9 @@ class UNet(nn.Module):
         self.attention = attention
         self.embed_dim = check_positive_int(embed_dim, "embed_dim")
         self.num_classes = None if num_classes is None else check_positive_int(num_classes, "num_classes")
+        self.time_input = _check_time_input(time_input)
         c, n = self.channels, self.num_res_blocks
-        self.embed = time_embedding(embed_dim)
+        self.embed = time_embedding(embed_dim, TIME_INPUTS[self.time_input])
         if self.num_classes is not None:
             self.null_class = self.num_classes
             self.label_embed = nn.Embedding(self.num_classes + 1, embed_dim)
@@ -436,12 +464,13 @@ class UNet(nn.Module):
     def architecture(self) -> dict:
         """The class name and constructor arguments (JSON-ready), from which a manifest or checkpoint rebuilds it."""
         return {"class": type(self).__name__, "channels": list(self.channels), "num_res_blocks": self.num_res_blocks,
-                "attention": self.attention, "embed_dim": self.embed_dim, "num_classes": self.num_classes}
+                "attention": self.attention, "embed_dim": self.embed_dim, "num_classes": self.num_classes,
+                **({"time_input": self.time_input} if self.time_input != "t" else {})}
 
     def forward(self, x: torch.Tensor, t, y=_NO_LABELS) -> torch.Tensor:
         name = type(self).__name__
         t = _check_images_and_time(x, t, name)
-        embed = self.embed(t)
+        embed = self.embed(time_feature(t, self.marginal_prob_std, self.time_input))
         if self.num_classes is not None:
             embed = embed + self.label_embed(class_labels(y, x.shape[0], self.num_classes, x.device, name))
         elif y is not _NO_LABELS and y is not None:

@@ -39,7 +39,7 @@ CHECKPOINT_FORMAT = "sgm_helpers.checkpoint/1"
 PRECISIONS = ("float32", "bfloat16")
 # Settings a resumed run must share with the checkpoint to continue the same loss curve.
 _RESUME_KEYS = ("batch_size", "lr", "seed", "eps", "n_train", "precision", "sde", "likelihood_weighting",
-                "importance_sampling", "dequantize", "objective", "p_uncond")
+                "importance_sampling", "dequantize", "objective", "p_uncond", "architecture")
 # What train() minimizes: name -> the model it trains and the data it needs.
 OBJECTIVES = {
     "dsm": "a score model (x, t) -> score, on images (labels, if given, are not used)",

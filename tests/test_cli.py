@@ -516,11 +516,13 @@ def test_every_network_of_the_training_script_rebuilds_from_its_architecture():
     for name, network in script.NETWORKS.items():
         args = script.parse_args(["--model", name])
         assert args.p_uncond == (0.1 if network.objective == "conditional_dsm" else 0.0)
-        model = network.build(VESDE(25.0), args.channels)
-        rebuilt = build_model(model.architecture, VESDE(25.0))               # what the manifest and checkpoints hold
-        assert type(rebuilt) is type(model) and rebuilt.architecture == model.architecture
-        shapes = {k: v.shape for k, v in model.state_dict().items()}
-        assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+        for time_input in ("t", "log_std") if network.objective != "time_classifier" else ("t",):
+            model = network.build(VESDE(25.0), args.channels, time_input)
+            rebuilt = build_model(model.architecture, VESDE(25.0))           # what the manifest and checkpoints hold
+            assert type(rebuilt) is type(model) and rebuilt.architecture == model.architecture
+            assert getattr(rebuilt, "time_input", "t") == time_input
+            shapes = {k: v.shape for k, v in model.state_dict().items()}
+            assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -529,6 +531,8 @@ def test_every_network_of_the_training_script_rebuilds_from_its_architecture():
     (["--model", "time-classifier", "--dequantize"], "--dequantize is for score models"),
     (["--model", "time-classifier", "--likelihood-weighting"], "--likelihood-weighting is for score models"),
     (["--model", "resnet"], "invalid choice: 'resnet'"),
+    (["--model", "time-classifier", "--time-input", "log_std"], "--time-input is for score models"),
+    (["--time-input", "sigma"], "invalid choice: 'sigma'"),
 ])
 def test_the_training_script_refuses_settings_that_do_not_fit_the_model(argv, match, capsys):
     with pytest.raises(SystemExit):

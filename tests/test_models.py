@@ -379,6 +379,36 @@ def test_unet_architecture_rebuilds_the_same_network():
                                                                         model.state_dict().items()}
 
 
+@pytest.mark.parametrize("cls", ["ScoreNet", "UNet"])
+def test_time_input_log_std_embeds_the_log_noise_level(cls):
+    import json
+
+    import sgm_helpers
+    from sgm_helpers.models import time_feature
+    from sgm_helpers.pretrained import build_model
+
+    net = getattr(sgm_helpers, cls)
+    torch.manual_seed(0)
+    model = net(SDE.marginal_prob_std, time_input="log_std")
+    assert model.architecture["time_input"] == "log_std"
+    assert "time_input" not in net(SDE.marginal_prob_std).architecture     # the shipped manifests stay as they are
+    rebuilt = build_model(json.loads(json.dumps(model.architecture)), SDE)
+    rebuilt.load_state_dict(model.state_dict())
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([1e-5, 1e-3, 0.5])
+    assert torch.equal(rebuilt(x, t), model(x, t))
+    assert torch.allclose(time_feature(t, SDE.marginal_prob_std, "log_std"), SDE.marginal_prob_std(t).log())
+
+    def relative_change(name, a, b):   # of the Fourier features between two times
+        fourier = net(SDE.marginal_prob_std, time_input=name).embed[0]
+        fa, fb = (fourier(time_feature(torch.tensor([v]), SDE.marginal_prob_std, name)) for v in (a, b))
+        return ((fa - fb).norm() / fa.norm()).item()
+
+    # near t = 0 the tutorial's features of t hardly move over a decade of t; those of log std(t) do
+    assert relative_change("t", 1e-5, 1e-4) < 0.05 < 0.5 < relative_change("log_std", 1e-5, 1e-4)
+    with pytest.raises(ValueError, match="time_input must be one of 't', 'log_std', got 'sigma'"):
+        net(SDE.marginal_prob_std, time_input="sigma")
+
+
 def test_unet_examples_are_independent():
     model = _small_unet(SDE)
     x, t = _inputs(batch=3)

@@ -152,6 +152,15 @@ def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path, change, key):
     assert len(train(_model(), _data(), SDE.marginal_prob_std, steps=4, **kw)) == 4   # same settings, longer run
 
 
+def test_resume_refuses_another_architecture_with_the_same_parameters(tmp_path):
+    path, images = tmp_path / "ckpt.pt", torch.rand(8, 1, 28, 28)
+    kw = {"batch_size": 4, "progress": False, "checkpoint_path": path, "resume": True}
+    train(ScoreNet(SDE.marginal_prob_std), images, SDE, steps=1, **kw)
+    other = ScoreNet(SDE.marginal_prob_std, time_input="log_std")   # the same state-dict keys and shapes
+    with pytest.raises(ValueError, match=r"cannot resume from .*ckpt\.pt.*\barchitecture="):
+        train(other, images, SDE, steps=2, **kw)
+
+
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
     a, b = _model(), _model()
     la = _train(a, 3)
