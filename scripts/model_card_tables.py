@@ -31,6 +31,9 @@ NAMES = {"em": "Euler-Maruyama", "pc": "predictor-corrector", "ancestral": "ance
          "dpm2m": "DPM-Solver++(2M)"}
 
 
+TEST_SPLIT = "the test split"   # what evaluate scores against without --holdout (files from before it say nothing)
+
+
 def merge_bpd(parts):
     """One bits/dim result from ``[(path, data), ...]`` whose ``bpd`` entries cover disjoint test-image ranges."""
     if len(parts) == 1:
@@ -62,11 +65,12 @@ def merge_bpd(parts):
 
 
 def merge(paths):
-    merged = {"bpd": None, "samplers": {}, "real": None, "sources": {}, "curve": {}}
+    merged = {"bpd": None, "samplers": {}, "real": None, "sources": {}, "curve": {}, "reference": {}}
     bpd_parts, seed_of = [], {}
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         seed_of[path] = data.get("seed")
+        merged["reference"].setdefault(data.get("reference", TEST_SPLIT), []).append(str(path))
         if "bpd" in data:
             bpd_parts.append((path, data))
         for name, result in data.get("samplers", {}).items():
@@ -79,6 +83,9 @@ def merge(paths):
                 raise SystemExit(f"curve point {key} found twice ({merged['curve'][key][1]} and {path})")
             merged["curve"][key] = (point, path)
         merged["real"] = merged["real"] or data.get("real_data_baseline")
+    if len(merged["reference"]) > 1:
+        raise SystemExit("the files were scored against different images: " + "; ".join(
+            f"{', '.join(paths)} against {reference}" for reference, paths in merged["reference"].items()))
     if merged["curve"]:
         for name, result in merged["samplers"].items():
             key, path = (name, result["steps"]), merged["sources"][name][0]
@@ -115,6 +122,9 @@ def main():
     if not args.files:
         return
     m = merge(args.files)
+    reference = next(iter(m["reference"]))
+    if reference != TEST_SPLIT:
+        print(f"**Scored against {reference}, not the test split: for choices, not for reporting.**\n")
 
     if m["bpd"]:
         b, (path, data) = m["bpd"], m["sources"]["bpd"]

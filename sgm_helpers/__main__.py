@@ -270,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve", type=_curve_points, nargs="+", default=None, metavar="SAMPLER[:STEPS,...]",
                    help="also the Fréchet distance against score evaluations: each sampler at each step count, "
                         "e.g. heun:5,10,18 dpm2m:10,20 em:100,1000 ode (adaptive: no steps)")
+    p.add_argument("--holdout", type=_nonnegative_int, default=0, metavar="N",
+                   help="score against the last N training images instead of the test split (the images the "
+                        "training script holds out with --holdout N), for choices such as sampler settings or "
+                        "checkpoints; the real-data floor is drawn from the other training images (default: 0, the "
+                        "test split)")
     p.add_argument("--out-dir", type=Path, default=Path("docs"), help="where grids and JSON go (default: docs/)")
     p.add_argument("--json", type=Path, help="results file (default: <out-dir>/evaluation.json)")
     p.set_defaults(func=cmd_evaluate)
@@ -619,10 +624,20 @@ def cmd_evaluate(args) -> int:
     device = _device(args)
     json_path = args.json or args.out_dir / "evaluation.json"
     model, sde, source = _score_model(args, device)
-    test_images, test_labels = _load_split(args, train=False)
-    train_images, _ = _load_split(args, train=True)
+    train_images, train_labels = _load_split(args, train=True)
+    if args.holdout:
+        if not 0 < args.holdout < len(train_images):
+            raise ValueError(f"--holdout must be below the {len(train_images)} training images, got {args.holdout}")
+        test_images, test_labels = train_images[-args.holdout:], train_labels[-args.holdout:]
+        train_images = train_images[:-args.holdout]
+        reference = (f"the last {args.holdout} training images (held out from the score model's training, not from "
+                     "the evaluation classifier's)")
+    else:
+        test_images, test_labels = _load_split(args, train=False)
+        reference = "the test split"
     header = {"command": "python -m sgm_helpers " + " ".join(args.argv), "model": source,
-              "weights_sha256": None if args.checkpoint else model_info(args.model or DEFAULT_MODEL)["sha256"]}
+              "weights_sha256": None if args.checkpoint else model_info(args.model or DEFAULT_MODEL)["sha256"],
+              "reference": reference}
     classifier_info = model_info("mnist-classifier")
     curve = {}
     for name, counts in args.curve or []:

@@ -72,7 +72,7 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
     from .plotting import save_image_grid
 
     if bpd_start < 0 or bpd_start + bpd_n > len(test_images):
-        raise ValueError(f"bpd_start = {bpd_start} and bpd_n = {bpd_n} must select images of the test split "
+        raise ValueError(f"bpd_start = {bpd_start} and bpd_n = {bpd_n} must select images of test_images "
                          f"(indices 0 to {len(test_images) - 1})")
     curve = {name: list(steps_list) for name, steps_list in (curve or {}).items()}
     unknown = [s for s in [*samplers, *curve] if s not in SAMPLERS]

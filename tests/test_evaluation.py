@@ -57,7 +57,7 @@ def test_evaluate_model_returns_every_part_and_saves_grids(model_and_sde, tmp_pa
                            classifier=load_classifier(device="cpu"), samplers=(), n_samples=6, bpd_n=2, bpd_start=4,
                            bpd_batch_size=2, device="cpu", progress=False, log=lambda line: None)
     assert later["bpd"]["start"] == 4 and len(later["bpd"]["per_image"]) == 2
-    with pytest.raises(ValueError, match="bpd_start = 5 and bpd_n = 2 must select images of the test split"):
+    with pytest.raises(ValueError, match="bpd_start = 5 and bpd_n = 2 must select images of test_images"):
         evaluate_model(model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
                        classifier=None, samplers=(), bpd_n=2, bpd_start=5)
     with pytest.raises(ValueError, match="samplers must be names"):
@@ -119,7 +119,18 @@ def test_cli_evaluate_writes_the_json_through_evaluate_model(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     curve = json.loads((out / "curve.json").read_text())["curve"]
     assert [(p["name"], p["steps"]) for p in curve] == [("heun", 2), ("heun", 3), ("dpm2m", 2)]
-    assert saved["classifier"]["sha256"] and saved["test_images"] == 3
+    assert saved["classifier"]["sha256"] and saved["test_images"] == 3 and saved["reference"] == "the test split"
+    code = main(["evaluate", "--data-dir", tmp_path / "tiny", "--no-download", "--device", "cpu", "--no-progress",
+                 "--bpd-n", "1", "--bpd-batch-size", "1", "--n-samples", "2", "--batch-size", "2", "--samplers",
+                 "--holdout", "2", "--json", out / "held.json", "--out-dir", out])
+    assert code == 0, capsys.readouterr().err
+    held = json.loads((out / "held.json").read_text())
+    # scored against the last two training images; the floor drawn from the other two
+    assert held["reference"].startswith("the last 2 training images") and held["test_images"] == 2
+    assert held["train_images"] == 2 and held["real_data_baseline"]["n"] == 2 and held["bpd"]["n"] == 1
+    code = main(["evaluate", "--data-dir", tmp_path / "tiny", "--no-download", "--device", "cpu", "--no-progress",
+                 "--bpd-n", "0", "--samplers", "--holdout", "4", "--json", out / "bad.json"])
+    assert code == 2 and "--holdout must be below the 4 training images, got 4" in capsys.readouterr().err
 
 
 # --- controllable generation ----------------------------------------------------------------------------

@@ -111,6 +111,17 @@ def test_the_samplers_at_their_default_settings_join_the_curve(tmp_path):
     assert proc.returncode != 0 and "different (seed, number of samples)" in proc.stderr
 
 
+def test_files_scored_against_other_images_are_not_merged(tmp_path):
+    test = _write(tmp_path / "test.json", samplers={"em": _sampler(60.0, [500])})   # no field: the test split
+    holdout = "the last 5000 training images (held out)"
+    held = _write(tmp_path / "held.json", reference=holdout, samplers={"pc": _sampler(40.0, [1000])})
+    proc = _run(test, held)
+    assert proc.returncode != 0 and "scored against different images" in proc.stderr
+    proc = _run(held)
+    assert proc.returncode == 0 and f"**Scored against {holdout}, not the test split" in proc.stdout
+    assert "not the test split" not in _run(test).stdout
+
+
 def _run_record(path, sde, raw, ema, **extra):
     n = len(ema)
     summary = {w: {"mean": sum(v) / n, "stderr": 0.01} for w, v in (("raw", raw), ("ema", ema))}
