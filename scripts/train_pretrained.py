@@ -13,9 +13,11 @@ labels dropped to the null class with probability --p-uncond, default 0.1) or a 
 classifier for classifier guidance (``time-classifier``: cross-entropy on images perturbed by the SDE at
 t ~ U(eps, 1); no loss weighting, no dequantization). The last two kinds train on the labels too.
 
-Every hyperparameter is a flag below; the defaults are those the shipped "mnist-ve25" was trained with
-(on the 5,000-image training subset that was all the project had then). The run resumes from --out if
-it exists (the checkpoint records the SDE and the loss settings, and a resume with others is refused).
+Every hyperparameter is a flag below; the defaults are those the first shipped "mnist-ve25" was trained
+with (200 epochs on the 5,000-image training subset that was all the project had then); the current one
+adds --holdout 5000 --epochs 50 (MODEL_CARD.md has every command). --time-input log_std makes a score
+network see the log noise level instead of t. The run resumes from --out if it exists (the checkpoint
+records the SDE, the loss settings and the architecture, and a resume with others is refused).
 The last --holdout training images (new models: --holdout 5000) are never trained on: they are for
 choices (EMA or raw weights, checkpoint, sampler settings); the test split is never touched here.
 
