@@ -179,7 +179,8 @@ def main():
                   f"{point['frechet_distance']:.2f} | {100 * point['confident_share']:.2f}% | {point['n']:,} | "
                   f"{point['wall_s']:,.0f} s |")
         print()
-        for path in sorted({str(path) for _, path in m["curve"].values()}):
+        samplers_files = {str(path) for path, _ in m["sources"].values()}
+        for path in sorted({str(path) for _, path in m["curve"].values()} - samplers_files):   # the others: above
             print(f"- curve: `{json.loads(Path(path).read_text(encoding='utf-8'))['command']}` -> {path}")
         if args.plot:
             plot_curve(points, m["real"], args.plot)
