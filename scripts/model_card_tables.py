@@ -205,6 +205,12 @@ def _training_time(run: dict) -> str:
     return f"{total if total is not None else run['wall_s_this_run']:,.0f} s{rate}"
 
 
+def network(architecture: dict) -> str:
+    """The class, and what its time embedding sees when that is not t (``time_input``)."""
+    time_input = architecture.get("time_input", "t")
+    return architecture["class"] + ("" if time_input == "t" else f", {time_input.replace('_', ' ')}(t) input")
+
+
 def runs_table(paths) -> None:
     runs = [(Path(path), json.loads(Path(path).read_text(encoding="utf-8"))) for path in paths]
     first_path, first = runs[0]
@@ -223,7 +229,7 @@ def runs_table(paths) -> None:
         else:
             mean, se = _paired(run["holdout_bpd_per_image"]["ema"], first["holdout_bpd_per_image"]["ema"])
             paired = f"{mean:+.3f} ± {se:.3f}"
-        print(f"| {path.stem} | {run['sde']['name']} ({sde}) | {weighting} | {run['architecture']['class']} | "
+        print(f"| {path.stem} | {run['sde']['name']} ({sde}) | {weighting} | {network(run['architecture'])} | "
               f"{run['steps']:,} ({run['epochs']:.1f}) | {_training_time(run)} | {cells[0]} | {cells[1]} | {paired} |")
     print(f"\nHeld-out images: the first {first['holdout_bpd']['n']:,} of the last {first['holdout']:,} training "
           "images.\n")
