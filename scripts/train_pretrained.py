@@ -67,15 +67,16 @@ class Network:
 
 UNET_CHANNELS = inspect.signature(UNet).parameters["channels"].default   # benchmarks/RESULTS.md chose it
 NETWORKS = {
-    "scorenet": Network(lambda sde, ch, ti: ScoreNet(sde.marginal_prob_std, channels=ch, time_input=ti),
+    "scorenet": Network(lambda sde, ch, ti="t": ScoreNet(sde.marginal_prob_std, channels=ch, time_input=ti),
                         (32, 64, 128, 256), "score_model", "dsm"),
-    "conditional": Network(lambda sde, ch, ti: ConditionalScoreNet(sde.marginal_prob_std, channels=ch, time_input=ti),
+    "conditional": Network(lambda sde, ch, ti="t": ConditionalScoreNet(sde.marginal_prob_std, channels=ch,
+                                                                       time_input=ti),
                            (32, 64, 128, 256), "conditional_score_model", "conditional_dsm"),
-    "time-classifier": Network(lambda sde, ch, ti: TimeClassifier(channels=ch), (32, 64, 128),
+    "time-classifier": Network(lambda sde, ch, ti="t": TimeClassifier(channels=ch), (32, 64, 128),
                                "time_classifier", "time_classifier"),
-    "unet": Network(lambda sde, ch, ti: UNet(sde.marginal_prob_std, channels=ch, time_input=ti), UNET_CHANNELS,
+    "unet": Network(lambda sde, ch, ti="t": UNet(sde.marginal_prob_std, channels=ch, time_input=ti), UNET_CHANNELS,
                     "score_model", "dsm"),
-    "unet-conditional": Network(lambda sde, ch, ti: UNet(sde.marginal_prob_std, channels=ch, num_classes=10,
+    "unet-conditional": Network(lambda sde, ch, ti="t": UNet(sde.marginal_prob_std, channels=ch, num_classes=10,
                                                          time_input=ti), UNET_CHANNELS,
                                 "conditional_score_model", "conditional_dsm"),
 }
