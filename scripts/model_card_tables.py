@@ -10,8 +10,9 @@ an error: which run the card reports must be unambiguous. Bits/dim may be split 
 test-image range (``evaluate --bpd-start S --bpd-n N``): disjoint ranges of the same weights, with the
 same probes and batch size, are merged into one mean and standard error over all their images;
 ranges that overlap or leave a gap are an error. Points of the curve of Fréchet distance against score evaluations
-(``evaluate --curve``) are merged likewise (the same sampler and step count twice is an error) and,
-with --plot, drawn. The samplers' results at their default settings are points of the same curve (the same
+(``evaluate --curve``) are merged likewise (the same sampler, step count and settings twice is an error) and,
+with --plot, drawn; a sampler run with other settings (``evaluate --option heun-churn:s_churn=40``) is a line
+of its own, labelled with them. The samplers' results at their default settings are points of the same curve (the same
 function draws and scores them, from the same seed), so once any file holds a curve, they join it; points drawn
 with different seeds or numbers of samples are an error.
 
@@ -29,6 +30,21 @@ from pathlib import Path
 NAMES = {"em": "Euler-Maruyama", "pc": "predictor-corrector", "ancestral": "ancestral (DDPM for VP)",
          "ode": "probability-flow ODE (RK45)", "heun": "Heun (EDM)", "heun-churn": "Heun (EDM), churned",
          "dpm2m": "DPM-Solver++(2M)"}
+
+
+def settings(result: dict) -> tuple:
+    """The settings an evaluation set on a sampler over the registry's (``evaluate --option``), as a sorted tuple."""
+    return tuple(sorted(result.get("options_set", {}).items()))
+
+
+def settings_text(result: dict) -> str:
+    return "".join(f", {k} = {v}" for k, v in settings(result))
+
+
+def point_text(key: tuple) -> str:
+    """``("heun-churn", 50, (("s_churn", 40),))`` -> ``"heun-churn at 50 steps, s_churn = 40"``."""
+    name, steps, chosen = key
+    return f"{name} at {steps or 'adaptive'} steps" + "".join(f", {k} = {v}" for k, v in chosen)
 
 
 TEST_SPLIT = "the test split"   # what evaluate scores against without --holdout (files from before it say nothing)
@@ -78,9 +94,9 @@ def merge(paths):
                 raise SystemExit(f"sampler {name!r} found twice ({merged['sources'][name][0]} and {path})")
             merged["samplers"][name], merged["sources"][name] = result, (path, data)
         for point in data.get("curve", []):
-            key = (point["name"], point["steps"])
+            key = (point["name"], point["steps"], settings(point))
             if key in merged["curve"]:
-                raise SystemExit(f"curve point {key} found twice ({merged['curve'][key][1]} and {path})")
+                raise SystemExit(f"curve point {point_text(key)} found twice ({merged['curve'][key][1]} and {path})")
             merged["curve"][key] = (point, path)
         merged["real"] = merged["real"] or data.get("real_data_baseline")
     if len(merged["reference"]) > 1:
@@ -88,9 +104,9 @@ def merge(paths):
             f"{', '.join(paths)} against {reference}" for reference, paths in merged["reference"].items()))
     if merged["curve"]:
         for name, result in merged["samplers"].items():
-            key, path = (name, result["steps"]), merged["sources"][name][0]
+            key, path = (name, result["steps"], settings(result)), merged["sources"][name][0]
             if key in merged["curve"]:
-                raise SystemExit(f"curve point {key} found twice ({merged['curve'][key][1]} and {path})")
+                raise SystemExit(f"curve point {point_text(key)} found twice ({merged['curve'][key][1]} and {path})")
             merged["curve"][key] = ({"name": name, **result}, path)
         seeds = {(seed_of[path], point["n"]) for point, path in merged["curve"].values()}
         if len(seeds) > 1:
@@ -160,6 +176,7 @@ def main():
         setting = f"{s['steps']} steps" if s["steps"] else "adaptive"
         if s.get("snr") is not None:
             setting += f", snr = {s['snr']:g}"
+        setting += settings_text(s)
         print(f"| {NAMES.get(name, s['sampler'])}, {setting} | {s['n']:,} | {s['frechet_distance']:.2f} | "
               f"{s['frechet_distance_unclipped']:.2f} | {100 * s['confident_share']:.2f}% | "
               f"{histogram(s['class_histogram'])} | {cost} (batch {s['batch_size']}) | "
@@ -175,7 +192,7 @@ def main():
               "| wall time |")
         print("|---|---|---|---|---|---|---|")
         for point, nfe in points:
-            print(f"| {point['sampler']} | {point['steps'] or 'adaptive'} | {nfe:.0f} | "
+            print(f"| {point['sampler']}{settings_text(point)} | {point['steps'] or 'adaptive'} | {nfe:.0f} | "
                   f"{point['frechet_distance']:.2f} | {100 * point['confident_share']:.2f}% | {point['n']:,} | "
                   f"{point['wall_s']:,.0f} s |")
         print()
@@ -242,7 +259,7 @@ def curve_points(curve: dict) -> list:
     """``[(point, mean score evaluations per batch), ...]`` in the registry's sampler order, then by step count."""
     order = {name: i for i, name in enumerate(NAMES)}
     points = [point for point, _ in curve.values()]
-    points.sort(key=lambda p: (order.get(p["name"], len(order)), p["name"], p["steps"] or 0))
+    points.sort(key=lambda p: (order.get(p["name"], len(order)), p["name"], settings(p), p["steps"] or 0))
     return [(p, sum(p["score_evaluations_per_batch"]) / len(p["score_evaluations_per_batch"])) for p in points]
 
 
@@ -252,10 +269,10 @@ def plot_curve(points, real, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in dict.fromkeys(p["name"] for p, _ in points):
-        mine = [(nfe, p["frechet_distance"]) for p, nfe in points if p["name"] == name]
-        label = next(p["sampler"] for p, _ in points if p["name"] == name)
-        ax.plot(*zip(*mine), "o-" if len(mine) > 1 else "s", label=label)
+    for series in dict.fromkeys((p["name"], settings(p)) for p, _ in points):   # one line per sampler setting
+        mine = [(nfe, p["frechet_distance"]) for p, nfe in points if (p["name"], settings(p)) == series]
+        first = next(p for p, _ in points if (p["name"], settings(p)) == series)
+        ax.plot(*zip(*mine), "o-" if len(mine) > 1 else "s", label=first["sampler"] + settings_text(first))
     if real:
         ax.axhline(real["frechet_distance"], color="k", ls="--", lw=1,
                    label=f"{real['n']:,} real training digits (the floor)")

@@ -270,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve", type=_curve_points, nargs="+", default=None, metavar="SAMPLER[:STEPS,...]",
                    help="also the Fréchet distance against score evaluations: each sampler at each step count, "
                         "e.g. heun:5,10,18 dpm2m:10,20 em:100,1000 ode (adaptive: no steps)")
+    p.add_argument("--option", type=_sampler_option, action="append", default=None, metavar="SAMPLER:NAME=VALUE",
+                   help="a setting of one sampler's function, wherever that sampler runs (repeatable), e.g. "
+                        "heun-churn:s_churn=40 em:denoise=true; the JSON records it with each result")
     p.add_argument("--holdout", type=_nonnegative_int, default=0, metavar="N",
                    help="score against the last N training images instead of the test split (the images the "
                         "training script holds out with --holdout N), for choices such as sampler settings or "
@@ -598,6 +601,25 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def _sampler_option(text: str) -> tuple[str, str, object]:
+    """``"heun-churn:s_churn=40"`` -> ``("heun-churn", "s_churn", 40)``; values are true/false, numbers or words."""
+    from .evaluation import sampler_settings
+
+    name, _, setting = text.partition(":")
+    key, equals, value = setting.partition("=")
+    if name not in SAMPLERS:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a sampler; choose from {', '.join(sorted(SAMPLERS))}")
+    if not equals or key not in sampler_settings(name):
+        raise argparse.ArgumentTypeError(f"{text!r}: give {name}:NAME=VALUE with NAME one of "
+                                         f"{', '.join(sampler_settings(name))}")
+    for parse in (int, float):
+        try:
+            return name, key, parse(value)
+        except ValueError:
+            pass
+    return name, key, {"true": True, "false": False}.get(value.lower(), value)
+
+
 def _curve_points(text: str) -> tuple[str, list]:
     """``"heun:5,10,18"`` -> ``("heun", [5, 10, 18])``; ``"ode"`` -> ``("ode", [None])`` (an adaptive sampler)."""
     name, _, steps = text.partition(":")
@@ -642,12 +664,15 @@ def cmd_evaluate(args) -> int:
     curve = {}
     for name, counts in args.curve or []:
         curve.setdefault(name, []).extend(counts)
+    options = {}
+    for name, key, value in args.option or []:
+        options.setdefault(name, {})[key] = value
     results = evaluate_model(
         model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
         classifier=load_classifier(device=device), samplers=args.samplers, n_samples=args.n_samples,
         batch_size=args.batch_size, steps=args.steps, snr=args.snr, eps=args.eps, bpd_n=args.bpd_n,
         bpd_start=args.bpd_start, bpd_batch_size=args.bpd_batch_size, hutchinson=args.hutchinson,
-        curve=curve, seed=args.seed,
+        curve=curve, options=options, seed=args.seed,
         device=device, progress=not args.no_progress, grid_dir=args.out_dir,
         on_update=lambda r: _write_json(json_path, {**header, **r}),
         log=lambda line: print(line, flush=True))

@@ -7,6 +7,7 @@ sampler from the registry and counts score evaluations. Adding a model adds no c
 
 from __future__ import annotations
 
+import inspect
 import platform
 import time
 from pathlib import Path
@@ -41,12 +42,22 @@ def draw_samples(sampler: str, score_model, sde, n: int, *, shape=(1, 28, 28), s
     return torch.cat(out), nfe, time.perf_counter() - t0
 
 
+# set by evaluate_model's own arguments (steps, eps, snr, seed, device...), not per sampler
+_NOT_OPTIONS = {"num_steps", "eps", "snr", "z", "device", "generator", "progress", "callback"}
+
+
+def sampler_settings(name: str) -> list[str]:
+    """The settings of the sampler registered as ``name`` that ``evaluate_model(options=...)`` may replace."""
+    params = inspect.signature(SAMPLERS[name].fn).parameters
+    return sorted(k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in _NOT_OPTIONS)
+
+
 def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: torch.Tensor,
                    train_images: torch.Tensor, classifier, samplers=("em", "pc", "ode"), n_samples: int = 2000,
                    batch_size: int = 500, steps: int | None = None, snr: float = 0.16, eps: float = 1e-3,
                    bpd_n: int = 10000, bpd_start: int = 0, bpd_batch_size: int = 100, hutchinson: str = "rademacher",
-                   curve: dict | None = None, seed: int = 0, device=None, progress: bool = True, grid_dir=None,
-                   on_update=None, log=print) -> dict:
+                   curve: dict | None = None, options: dict | None = None, seed: int = 0, device=None,
+                   progress: bool = True, grid_dir=None, on_update=None, log=print) -> dict:
     """The model card's numbers for one model, as a JSON-ready dict.
 
     - ``classifier``: the evaluation classifier's accuracy on the test images;
@@ -61,7 +72,10 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
       score evaluations and wall time; with ``grid_dir``, a grid of the first 64 samples is saved there;
     - ``curve``: with ``curve = {sampler: [steps, ...]}`` (``[None]`` for an adaptive sampler), the same for
       every sampler at every step count, in the order given: Fréchet distance against score evaluations.
-      Every point draws from the same seed, so the deterministic samplers start from the same latents.
+      Every point draws from the same seed, so the deterministic samplers start from the same latents;
+    - ``options = {sampler: {setting: value}}`` replaces settings of a sampler's function wherever that sampler
+      runs (e.g. ``{"heun-churn": {"s_churn": 40.0}, "em": {"denoise": True}}``, to choose them on held-out
+      images); each result records its settings under ``options`` and the ones set here under ``options_set``.
 
     Every random draw is seeded by ``seed``. ``on_update(results)`` is called after each part (to save
     partial results); ``log`` prints one line per part.
@@ -75,9 +89,14 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
         raise ValueError(f"bpd_start = {bpd_start} and bpd_n = {bpd_n} must select images of test_images "
                          f"(indices 0 to {len(test_images) - 1})")
     curve = {name: list(steps_list) for name, steps_list in (curve or {}).items()}
-    unknown = [s for s in [*samplers, *curve] if s not in SAMPLERS]
+    options = {name: dict(settings) for name, settings in (options or {}).items()}
+    unknown = [s for s in [*samplers, *curve, *options] if s not in SAMPLERS]
     if unknown:
         raise ValueError(f"samplers must be names from {sorted(SAMPLERS)}, got {unknown}")
+    for name, settings in options.items():
+        allowed = sampler_settings(name)
+        if not set(settings) <= set(allowed):
+            raise ValueError(f"options[{name!r}] may set {allowed}, got {sorted(settings)}")
     for name, steps_list in curve.items():
         adaptive = SAMPLERS[name].default_steps is None
         if not steps_list or not all(k is None if adaptive else type(k) is int and k >= 1 for k in steps_list):
@@ -118,16 +137,18 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
 
     def quality(name, name_steps):
         """Samples of one sampler at one step count, scored: ``(entry, samples)``."""
-        options = {"eps": eps, **({"snr": snr} if name == "pc" else {})}
+        chosen = options.get(name, {})
         x, nfe, wall = draw_samples(name, score_model, sde, n_samples, shape=tuple(test_images.shape[1:]),
                                     steps=name_steps, batch_size=batch_size,
                                     generator=torch.Generator().manual_seed(seed), device=device, progress=progress,
-                                    **options)
+                                    eps=eps, **({"snr": snr} if name == "pc" else {}), **chosen)
+        settings = {**SAMPLERS[name].options, **chosen}
         clipped = sample_quality(x, classifier, reference, clip=True)
-        log(f"{name}, {name_steps or 'adaptive'} steps: {clipped}; score evaluations per batch of {batch_size}: "
-            f"{nfe}; {wall:.1f} s")
-        return {"sampler": SAMPLERS[name].label, "steps": name_steps, "snr": options.get("snr"), "eps": eps,
-                **({"options": SAMPLERS[name].options} if SAMPLERS[name].options else {}),
+        log(f"{name}, {name_steps or 'adaptive'} steps{''.join(f', {k} = {v}' for k, v in chosen.items())}: "
+            f"{clipped}; score evaluations per batch of {batch_size}: {nfe}; {wall:.1f} s")
+        return {"sampler": SAMPLERS[name].label, "steps": name_steps, "snr": snr if name == "pc" else None,
+                "eps": eps, **({"options": settings} if settings else {}),
+                **({"options_set": chosen} if chosen else {}),
                 "batch_size": batch_size, "score_evaluations_per_batch": nfe, "wall_s": wall,
                 "wall_s_per_sample": wall / len(x), **clipped.to_dict(),
                 "frechet_distance_unclipped": frechet_distance(classifier_features(classifier, x), reference)}, x

@@ -85,6 +85,50 @@ def test_evaluate_model_draws_the_curve_of_frechet_distance_against_score_evalua
             evaluate_model(model, sde, curve=curve, **common)
 
 
+def test_evaluate_model_replaces_a_samplers_settings_where_asked(model_and_sde):
+    model, sde = model_and_sde
+    test_images, test_labels = _images(6, 1)
+    train_images, _ = _images(8, 2)
+    common = dict(test_images=test_images, test_labels=test_labels, train_images=train_images,
+                  classifier=load_classifier(device="cpu"), samplers=("heun-churn",), n_samples=4, batch_size=4,
+                  bpd_n=0, steps=3, device="cpu", progress=False, log=lambda line: None)
+    churned = evaluate_model(model, sde, curve={"heun": [3]}, **common)
+    # no churn: the registry's churned Heun becomes the deterministic one, the same samples from the same seed
+    unchurned = evaluate_model(model, sde, curve={"heun-churn": [3]}, options={"heun-churn": {"s_churn": 0.0}},
+                               **common)
+    deterministic = churned["curve"][0]
+    for entry in (unchurned["samplers"]["heun-churn"], unchurned["curve"][0]):
+        assert entry["frechet_distance"] == deterministic["frechet_distance"]
+        assert entry["options"] == {"s_churn": 0.0} and entry["options_set"] == {"s_churn": 0.0}
+    default = churned["samplers"]["heun-churn"]
+    assert default["options"] == {"s_churn": 80.0} and "options_set" not in default
+    assert default["frechet_distance"] != deterministic["frechet_distance"]
+    with pytest.raises(ValueError, match=r"options\['heun'\] may set \['rho', 's_churn', 's_noise', 's_tmax', "
+                                         r"'s_tmin'\], got \['snr'\]"):
+        evaluate_model(model, sde, options={"heun": {"snr": 0.2}}, **common)
+    with pytest.raises(ValueError, match="samplers must be names"):
+        evaluate_model(model, sde, options={"rk4": {}}, **common)
+
+
+@pytest.mark.parametrize("argv, match", [(["--option", "rk4:x=1"], "'rk4' is not a sampler"),
+                                         (["--option", "heun:s_churn"], "give heun:NAME=VALUE with NAME one of rho"),
+                                         (["--option", "em:num_steps=3"], "give em:NAME=VALUE with NAME one of "
+                                                                          "denoise")])
+def test_cli_evaluate_refuses_bad_sampler_options(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", *argv])
+    assert match in capsys.readouterr().err
+
+
+def test_cli_sampler_options_are_parsed_as_numbers_flags_or_words():
+    from sgm_helpers.__main__ import _sampler_option
+
+    assert _sampler_option("heun-churn:s_churn=40") == ("heun-churn", "s_churn", 40)
+    assert _sampler_option("heun:s_noise=1.003") == ("heun", "s_noise", 1.003)
+    assert _sampler_option("em:denoise=true") == ("em", "denoise", True)
+    assert _sampler_option("dpm2m:schedule=edm") == ("dpm2m", "schedule", "edm")
+
+
 @pytest.mark.parametrize("argv, match", [(["--curve", "rk4:3"], "'rk4' is not a sampler"),
                                          (["--curve", "ode:3"], "ode is adaptive: give it without steps"),
                                          (["--curve", "heun"], "give heun:STEPS with step counts >= 1"),
@@ -119,6 +163,12 @@ def test_cli_evaluate_writes_the_json_through_evaluate_model(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     curve = json.loads((out / "curve.json").read_text())["curve"]
     assert [(p["name"], p["steps"]) for p in curve] == [("heun", 2), ("heun", 3), ("dpm2m", 2)]
+    code = main(["evaluate", "--data-dir", tmp_path / "tiny", "--no-download", "--device", "cpu", "--no-progress",
+                 "--bpd-n", "0", "--n-samples", "2", "--batch-size", "2", "--samplers", "em", "--steps", "2",
+                 "--option", "em:denoise=true", "--json", out / "options.json", "--out-dir", out])
+    assert code == 0, capsys.readouterr().err
+    em = json.loads((out / "options.json").read_text())["samplers"]["em"]
+    assert em["options_set"] == {"denoise": True} and em["score_evaluations_per_batch"] == [3]   # + Tweedie's step
     assert saved["classifier"]["sha256"] and saved["test_images"] == 3 and saved["reference"] == "the test split"
     code = main(["evaluate", "--data-dir", tmp_path / "tiny", "--no-download", "--device", "cpu", "--no-progress",
                  "--bpd-n", "1", "--bpd-batch-size", "1", "--n-samples", "2", "--batch-size", "2", "--samplers",

@@ -88,7 +88,7 @@ def test_the_curve_of_frechet_distance_against_score_evaluations_is_merged_and_d
     assert (tmp_path / "curve.png").stat().st_size > 10_000
     again = _write(tmp_path / "c.json", curve=[_point("em", "Euler-Maruyama", 100, 100, 61.0)])
     proc = _run(a, again)
-    assert proc.returncode != 0 and "curve point ('em', 100) found twice" in proc.stderr
+    assert proc.returncode != 0 and "curve point em at 100 steps found twice" in proc.stderr
 
 
 def test_the_samplers_at_their_default_settings_join_the_curve(tmp_path):
@@ -105,10 +105,31 @@ def test_the_samplers_at_their_default_settings_join_the_curve(tmp_path):
     assert alone.returncode == 0 and "against score evaluations" not in alone.stdout
     twice = _write(tmp_path / "twice.json", seed=0, curve=[_point("heun", "Heun (EDM)", 18, 35, 31.0)])
     proc = _run(defaults, twice)
-    assert proc.returncode != 0 and "curve point ('heun', 18) found twice" in proc.stderr
+    assert proc.returncode != 0 and "curve point heun at 18 steps found twice" in proc.stderr
     other_seed = _write(tmp_path / "seed1.json", seed=1, samplers={"em": _sampler(60.0, [500])})
     proc = _run(curve, other_seed)
     assert proc.returncode != 0 and "different (seed, number of samples)" in proc.stderr
+
+
+def test_a_sampler_run_with_other_settings_is_a_line_of_its_own(tmp_path):
+    churn = {"name": "heun-churn", "sampler": "Heun (EDM), churned", "options": {"s_churn": 80.0}}
+    default = _write(tmp_path / "default.json", seed=0, curve=[{**_point("heun-churn", "", 25, 49, 40.0), **churn}])
+    set40 = {**churn, "options": {"s_churn": 40}, "options_set": {"s_churn": 40}}
+    chosen = _write(tmp_path / "s40.json", seed=0, curve=[{**_point("heun-churn", "", 25, 49, 35.0), **set40},
+                                                          {**_point("heun-churn", "", 50, 99, 30.0), **set40}])
+    proc = _run(default, chosen, "--plot", tmp_path / "curve.png")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| Heun")]
+    assert rows == ["| Heun (EDM), churned | 25 | 49 | 40.00 | 50.00% | 4 | 12 s |",
+                    "| Heun (EDM), churned, s_churn = 40 | 25 | 49 | 35.00 | 50.00% | 4 | 12 s |",
+                    "| Heun (EDM), churned, s_churn = 40 | 50 | 99 | 30.00 | 50.00% | 4 | 12 s |"]
+    again = _write(tmp_path / "again.json", seed=0, curve=[{**_point("heun-churn", "", 50, 99, 31.0), **set40}])
+    proc = _run(chosen, again)
+    assert proc.returncode != 0 and "curve point heun-churn at 50 steps, s_churn = 40 found twice" in proc.stderr
+    samplers = _write(tmp_path / "samplers.json", seed=0,
+                      samplers={"em": {**_sampler(50.0, [501]), "options": {"denoise": True},
+                                       "options_set": {"denoise": True}}})
+    assert "| Euler-Maruyama, 500 steps, snr = 0.16, denoise = True | 4 | 50.00 |" in _run(samplers).stdout
 
 
 def test_files_scored_against_other_images_are_not_merged(tmp_path):
