@@ -642,3 +642,23 @@ def test_compare_ema_raw_scores_both_weights_on_held_out_training_images(tmp_pat
                                       "--dsm-n", "3"])
     with pytest.raises(SystemExit, match="--dsm-n and --bpd-n must be in 1..--holdout"):
         script.main()
+
+
+def test_likelihood_outliers_rescores_the_worst_and_the_median_image_alone(tmp_path, tiny_mnist, capsys):
+    script = _script("likelihood_outliers")
+    results = tmp_path / "bpd.json"
+    results.write_text(json.dumps({"bpd": {"start": 1, "per_image": [5.0, 1.0, 3.0]}}))
+    script.main(["--results", str(results), "--holdout", "4", "--data-dir", str(tiny_mnist), "--worst", "1",
+                 "--draws", "2", "--probes", "1"])
+    out = capsys.readouterr().out
+    assert "3 images, mean 3.000, median 3.000, worst 5.000 bits/dim, 0 above 8" in out
+    assert "VESDE(sigma=25)" in out   # the shipped model
+    lines = [line for line in out.splitlines() if line.startswith("image ")]
+    assert [line.split(":")[0] for line in lines] == [     # the worst (index 1 of the split), then the median
+        "image 1 (worst, batched 5.000), dequantization 0", "image 1 (worst, batched 5.000), dequantization 1",
+        "image 3 (median, batched 3.000), dequantization 0", "image 3 (median, batched 3.000), dequantization 1"]
+    assert all(float(line.split("max |x(1)| ")[1]) > 0 for line in lines)
+    with pytest.raises(SystemExit, match="holds 3 images from index 1, but the split has 1 there"):
+        script.main(["--results", str(results), "--holdout", "0", "--data-dir", str(tiny_mnist)])
+    with pytest.raises(SystemExit, match="--draws must be at least 1"):
+        script.main(["--results", str(results), "--draws", "0"])
