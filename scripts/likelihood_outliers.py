@@ -23,8 +23,7 @@ import torch
 
 from sgm_helpers import load_mnist, load_pretrained, pretrained_sde
 from sgm_helpers.likelihood import bits_per_dim, dequantize, ode_likelihood
-from sgm_helpers.pretrained import (checkpoint_architecture, checkpoint_sde, checkpoint_state_dict,
-                                    model_from_state_dict, read_checkpoint)
+from sgm_helpers.pretrained import checkpoint_model, checkpoint_sde, read_checkpoint
 
 
 def score_model(args):
@@ -35,8 +34,7 @@ def score_model(args):
     sde = checkpoint_sde(ckpt)
     if sde is None:
         raise SystemExit(f"error: {args.checkpoint} records no SDE (a checkpoint from before SDEs were recorded)")
-    state = checkpoint_state_dict(ckpt, args.weights)
-    return model_from_state_dict(state, checkpoint_architecture(ckpt), sde).eval(), sde
+    return checkpoint_model(ckpt, sde, args.weights), sde
 
 
 def main(argv=None):

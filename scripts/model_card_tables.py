@@ -38,13 +38,18 @@ def settings(result: dict) -> tuple:
 
 
 def settings_text(result: dict) -> str:
-    return "".join(f", {k} = {v}" for k, v in settings(result))
+    """``", s_churn = 40"`` for a result with ``options_set = {"s_churn": 40}``; ``""`` for the registry's settings."""
+    return _words(settings(result))
+
+
+def _words(pairs) -> str:
+    return "".join(f", {k} = {v}" for k, v in pairs)
 
 
 def point_text(key: tuple) -> str:
     """``("heun-churn", 50, (("s_churn", 40),))`` -> ``"heun-churn at 50 steps, s_churn = 40"``."""
     name, steps, chosen = key
-    return f"{name} at {steps or 'adaptive'} steps" + "".join(f", {k} = {v}" for k, v in chosen)
+    return f"{name} at {steps or 'adaptive'} steps" + _words(chosen)
 
 
 TEST_SPLIT = "the test split"   # what evaluate scores against without --holdout (files from before it say nothing)

@@ -397,8 +397,8 @@ class UNet(nn.Module):
 
     built by :func:`time_embedding` (the tutorial's Gaussian Fourier features), as in :class:`ScoreNet`, of t or,
     with ``time_input="log_std"``, of log std(t) (:data:`TIME_INPUTS`). As there, the output is divided by
-    ``marginal_prob_std(t)``, the std of the SDE's perturbation kernel (VE, VP or sub-VP alike): the score of p_0t(x(t) | x(0)) is -z / std(t), so the network predicts a
-    quantity of unit scale. The last convolution and the second one of each block start at zero, so a new
+    ``marginal_prob_std(t)``, the std of the SDE's perturbation kernel (VE, VP or sub-VP alike): the score of
+    p_0t(x(t) | x(0)) is -z / std(t), so the network predicts a quantity of unit scale. The last convolution and the second one of each block start at zero, so a new
     network outputs 0.
 
     Class-conditional with ``num_classes`` (as :class:`ConditionalScoreNet`): a label embedding of
