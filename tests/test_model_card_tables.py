@@ -270,3 +270,18 @@ def test_the_model_cards_likelihood_runs_table_matches_the_run_records():
     card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
     missing = [row for row in _rows(["--runs", *runs]) if row not in card]
     assert not missing, f"MODEL_CARD.md lacks rows that docs/likelihood/pilot_*.json give: {missing}"
+
+
+# --- mnist-unet: the held-out comparison that chose it is what its files hold ---------------------------------------
+
+
+def test_the_model_cards_unet_comparison_matches_its_held_out_files():
+    files = sorted((ROOT / "docs" / "unet").glob("holdout_*.json"))
+    assert {f.name for f in files} >= {"holdout_unet_ema.json", "holdout_unet_raw.json", "holdout_mnist_ve25.json"}
+    card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
+    section = card[card.index("# Model card: `mnist-unet`"):card.index("# Not bundled yet: `mnist-likelihood`")]
+    for path in files:   # each file on its own: two networks' results for one sampler must not be merged
+        rows = _rows([path])
+        assert any("Heun (EDM), churned" in row for row in rows)
+        missing = [row for row in rows if row not in section]
+        assert not missing, f"MODEL_CARD.md's mnist-unet section lacks rows of {path.name}: {missing}"
