@@ -265,6 +265,8 @@ def test_the_training_script_runs_under_torchrun(two_processes):
 def _worker(out: Path) -> None:
     import contextlib
 
+    import torch.distributed as dist
+
     import sgm_helpers.training as training
     from sgm_helpers.__main__ import main as cli
 
@@ -308,6 +310,12 @@ def _worker(out: Path) -> None:
         assert cli([str(a) for a in _cli_train(out, Path(os.environ["SGM_DATA_DIR"]), epochs=2)]) == 0
     with open(out / f"script_rank{rank}.txt", "w") as f, contextlib.redirect_stdout(f):
         script.main(_script_args(out))
+
+    # Meet, then tear the group down while both processes are still whole. Left to the exit handlers, rank 1
+    # was once aborted inside gloo ("terminate called without an active exception", one run in seven on a
+    # loaded two-CPU machine; most likely tearing down while rank 0 still ran), which fails the launch.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
