@@ -285,3 +285,20 @@ def test_the_model_cards_unet_comparison_matches_its_held_out_files():
         assert any("Heun (EDM), churned" in row for row in rows)
         missing = [row for row in rows if row not in section]
         assert not missing, f"MODEL_CARD.md's mnist-unet section lacks rows of {path.name}: {missing}"
+
+
+def test_the_model_cards_unet_test_split_tables_match_its_evaluation_files():
+    files = sorted((ROOT / "docs" / "unet").glob("evaluation_*.json"))
+    card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
+    section = card[card.index("# Model card: `mnist-unet`"):card.index("# Not bundled yet: `mnist-likelihood`")]
+    if not files:
+        assert "reports no test-split number for `mnist-unet`" in section
+        return
+    for path in files:   # scored against the test split, with the bundled weights, not a checkpoint
+        data = json.loads(path.read_text())
+        assert "--model mnist-unet" in data["command"] and "--holdout" not in data["command"], path.name
+    rows = _rows(files)
+    assert any("Euler-Maruyama" in row for row in rows)
+    missing = [row for row in rows if row not in section]
+    assert not missing, ("MODEL_CARD.md's mnist-unet section is out of date: run scripts/model_card_tables.py "
+                         f"docs/unet/evaluation_*.json\n{missing}")
