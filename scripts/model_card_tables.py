@@ -243,6 +243,7 @@ def runs_table(paths) -> None:
         sde = ", ".join(f"{k} = {v:g}" for k, v in run["sde"].items() if k != "name")
         weighting = " + ".join(name for flag, name in (("likelihood_weighting", "likelihood weighting"),
                                                        ("importance_sampling", "importance sampling"),
+                                                       ("uniform_share", f"uniform t for {run.get('uniform_share', 0):.0%}"),
                                                        ("dequantize", "dequantized")) if run.get(flag)) or "none"
         held = run["holdout_bpd"]
         cells = [f"{held[w]['mean']:.3f} ± {held[w]['stderr']:.3f}" for w in ("raw", "ema")]

@@ -101,6 +101,10 @@ def parse_args(argv=None):
     p.add_argument("--beta-max", type=float, default=20.0, help="VP, sub-VP: beta_max")
     p.add_argument("--likelihood-weighting", action="store_true")
     p.add_argument("--importance-sampling", action="store_true")
+    p.add_argument("--uniform-share", type=float, default=0.0,
+                   help="with --importance-sampling: the share of t drawn uniformly instead, with the same weight, "
+                        "mixing the default weighting into likelihood weighting (dsm_loss's uniform_share; "
+                        "default 0)")
     p.add_argument("--dequantize", action="store_true")
     p.add_argument("--time-input", choices=list(TIME_INPUTS), default="t",
                    help="score models: what the time embedding sees, t (the tutorial's) or log std(t), the log noise "
@@ -136,6 +140,10 @@ def parse_args(argv=None):
         p.error(f"--p-uncond is for a class-conditional --model ({conditional}), not {args.model}")
     elif not 0.0 <= args.p_uncond <= 1.0:
         p.error(f"--p-uncond must be a probability in [0, 1], got {args.p_uncond}")
+    if not 0.0 <= args.uniform_share <= 1.0:
+        p.error(f"--uniform-share must be a share in [0, 1], got {args.uniform_share}")
+    if args.uniform_share > 0 and not args.importance_sampling:
+        p.error("--uniform-share mixes uniform t into importance sampling: it needs --importance-sampling")
     score_only = [flag for flag in ("likelihood_weighting", "importance_sampling", "dequantize") if getattr(args, flag)]
     if network.objective == "time_classifier" and args.time_input != "t":
         score_only.append("time_input")
@@ -181,7 +189,7 @@ def main(argv=None):
     settings = dict(batch_size=args.batch_size, lr=args.lr, ema_model=ema, seed=args.seed,
                     checkpoint_path=args.out, resume=True, progress=False, precision=args.precision, device=device,
                     likelihood_weighting=args.likelihood_weighting, importance_sampling=args.importance_sampling,
-                    dequantize=args.dequantize, objective=network.objective, p_uncond=args.p_uncond)
+                    uniform_share=args.uniform_share, dequantize=args.dequantize, objective=network.objective, p_uncond=args.p_uncond)
     t0 = time.time()
     done = int(read_checkpoint(args.out)["step"]) if env.rank == 0 and Path(args.out).is_file() else 0
     done = broadcast_object(done)  # only rank 0 needs to see the file

@@ -14,8 +14,8 @@ from .utils import batch_view, check_eps, randn
 
 
 def dsm_loss(model, x: torch.Tensor, sde, eps: float = 1e-5, generator: torch.Generator | None = None, *,
-             likelihood_weighting: bool = False, importance_sampling: bool = False, y: torch.Tensor | None = None,
-             p_uncond: float = 0.0) -> torch.Tensor:
+             likelihood_weighting: bool = False, importance_sampling: bool = False, uniform_share: float = 0.0,
+             y: torch.Tensor | None = None, p_uncond: float = 0.0) -> torch.Tensor:
     """The weighted denoising score matching loss, averaged over the batch.
 
     With x(t) = alpha(t) x + std(t) z drawn from the perturbation kernel, whose score is
@@ -30,7 +30,12 @@ def dsm_loss(model, x: torch.Tensor, sde, eps: float = 1e-5, generator: torch.Ge
       up to a constant, an upper bound on the negative log-likelihood of the SDE model;
     - with ``importance_sampling`` too, t is drawn with density g^2 / (Z std^2) instead of uniformly
       (:meth:`SDE.sample_importance_time`), which leaves the weight a constant: the same expectation,
-      L = Z / (1 - eps) E || std s_theta + z ||^2, with far lower variance.
+      L = Z / (1 - eps) E || std s_theta + z ||^2, with far lower variance;
+    - and with ``uniform_share`` = a > 0, a share a of the draws (each example with probability a) takes t
+      uniform instead, with the same weight: t ~ (1 - a) g^2 / (Z std^2) + a / (1 - eps). That is no longer
+      an estimate of the likelihood-weighted loss but a mixture of two objectives,
+      L = (1 - a) L_likelihood + a Z / (1 - eps) L_default, whose default part keeps the large noise levels,
+      which likelihood weighting all but ignores, trained.
 
     Class-conditional (``y`` given): the model is called as ``model(x(t), t, y)`` and learns
     grad log p_t(x | y). With ``p_uncond`` > 0 each label is replaced by the null class (index
@@ -46,14 +51,15 @@ def dsm_loss(model, x: torch.Tensor, sde, eps: float = 1e-5, generator: torch.Ge
             (mean x, as for VE) and allows only the default weighting.
         eps: smallest time sampled, in (0, 1); std(t) -> 0 at t = 0, where the loss is ill-conditioned.
         generator: optional ``torch.Generator`` on ``x``'s device for t and z.
-        likelihood_weighting, importance_sampling: see above.
+        likelihood_weighting, importance_sampling, uniform_share: see above (a share in [0, 1], which
+            needs ``importance_sampling``).
         y: optional class labels ``[B]`` (integers in 0..null_class - 1) for a class-conditional model.
         p_uncond: probability in [0, 1] of dropping each label to the null class (needs ``y``).
     Returns:
         a scalar tensor: the per-example loss summed over the data dims, averaged over the batch.
     """
     sde = sde_of(sde) or sde
-    eps = _check_loss_args(x, sde, eps, likelihood_weighting, importance_sampling)
+    eps = _check_loss_args(x, sde, eps, likelihood_weighting, importance_sampling, uniform_share)
     null_class = getattr(model, "null_class", NULL_CLASS)
     if y is not None:
         y = check_labels(y, x, null_class)
@@ -66,6 +72,9 @@ def dsm_loss(model, x: torch.Tensor, sde, eps: float = 1e-5, generator: torch.Ge
     z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
     if importance_sampling:
         t = sde.sample_importance_time(u, eps)
+        if uniform_share > 0:
+            uniform = torch.rand(x.shape[0], device=x.device, generator=generator) < uniform_share
+            t = torch.where(uniform, u * (1.0 - eps) + eps, t)
         weight = sde.importance_normalizer(eps) / (1.0 - eps)
     else:
         t = u * (1.0 - eps) + eps
@@ -132,8 +141,14 @@ def time_classifier_loss(classifier, x: torch.Tensor, y: torch.Tensor, sde, eps:
     return F.cross_entropy(classifier(x_t, t), y)
 
 
-def _check_loss_args(x, sde, eps, likelihood_weighting, importance_sampling) -> float:
+def _check_loss_args(x, sde, eps, likelihood_weighting, importance_sampling, uniform_share=0.0) -> float:
     eps = check_eps(eps)
+    if (isinstance(uniform_share, bool) or not isinstance(uniform_share, (int, float))
+            or not 0.0 <= uniform_share <= 1.0):
+        raise ValueError(f"uniform_share must be a share in [0, 1], got {uniform_share!r}")
+    if uniform_share > 0 and not importance_sampling:
+        raise ValueError(f"uniform_share={uniform_share} mixes uniform t into importance sampling: it needs "
+                         "importance_sampling=True (and likelihood_weighting=True)")
     if x.dim() < 2:
         raise ValueError(f"x must have shape [B, ...] with at least one data dim, got {tuple(x.shape)}")
     if not isinstance(sde, SDE) and not callable(sde):

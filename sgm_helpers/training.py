@@ -39,7 +39,7 @@ CHECKPOINT_FORMAT = "sgm_helpers.checkpoint/1"
 PRECISIONS = ("float32", "bfloat16")
 # Settings a resumed run must share with the checkpoint to continue the same loss curve.
 _RESUME_KEYS = ("batch_size", "lr", "seed", "eps", "n_train", "precision", "sde", "likelihood_weighting",
-                "importance_sampling", "dequantize", "objective", "p_uncond", "architecture")
+                "importance_sampling", "uniform_share", "dequantize", "objective", "p_uncond", "architecture")
 # What train() minimizes: name -> the model it trains and the data it needs.
 OBJECTIVES = {
     "dsm": "a score model (x, t) -> score, on images (labels, if given, are not used)",
@@ -89,6 +89,7 @@ def _split_data(data, objective: str, num_classes: int) -> tuple[torch.Tensor, t
 def _check_resume_config(path, saved: dict | None, config: dict) -> None:
     if not saved:  # a checkpoint from before configs were stored, or from elsewhere: nothing to compare
         return
+    saved = {"uniform_share": 0.0, **saved}  # what a checkpoint from before that setting trained with
     diff = [f"{k}={saved[k]!r} in the checkpoint, {config[k]!r} now" for k in _RESUME_KEYS
             if k in saved and saved[k] != config[k]]
     if diff:
@@ -177,8 +178,8 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
           batch_size: int = 32, lr: float = 1e-4, device=None, checkpoint_path=None, progress: bool = True,
           ema_model: AveragedModel | None = None, seed: int = 0, eps: float = 1e-5, resume: bool = False,
           log_every: int = 25, precision: str = "float32", likelihood_weighting: bool = False,
-          importance_sampling: bool = False, dequantize: bool = False, objective: str = "dsm",
-          p_uncond: float = 0.0) -> list[float]:
+          importance_sampling: bool = False, uniform_share: float = 0.0, dequantize: bool = False,
+          objective: str = "dsm", p_uncond: float = 0.0) -> list[float]:
     """Train a score model with Adam on :func:`~sgm_helpers.losses.dsm_loss` (or, by ``objective``, a
     class-conditional score model or a noise-conditional classifier, through the same loop).
 
@@ -209,8 +210,8 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
             Adam state and EMA stay float32 (no loss scaling is needed: bfloat16 has float32's range).
             Faster on CPUs with bfloat16 instructions and on recent GPUs; the loss curve differs from
             float32 in the third or fourth significant digit.
-        likelihood_weighting, importance_sampling: the loss's weighting (see ``dsm_loss``); a model
-            meant for bits/dim trains with both.
+        likelihood_weighting, importance_sampling, uniform_share: the loss's weighting (see ``dsm_loss``); a
+            model meant for bits/dim trains with the first two.
         dequantize: train on uniformly dequantized images (255 x + u) / 256, u ~ U[0, 1), drawn afresh
             each step, as likelihood models do: the model then learns a density of continuous data
             that the bits/dim evaluation (which dequantizes the same way) measures. ``data`` must be
@@ -243,7 +244,7 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
         raise ValueError("give exactly one of epochs= or steps=")
     batch_size = check_positive_int(batch_size, "batch_size")
     check_positive(lr, "lr")
-    eps = _check_loss_args(torch.zeros(1, 1), sde, eps, likelihood_weighting, importance_sampling)
+    eps = _check_loss_args(torch.zeros(1, 1), sde, eps, likelihood_weighting, importance_sampling, uniform_share)
     log_every = check_positive_int(log_every, "log_every")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -282,7 +283,8 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
     config = dict(batch_size=batch_size, lr=lr, seed=seed, eps=eps, n_train=n, precision=precision,
                   sde=known_sde.config() if known_sde is not None else "custom marginal_prob_std",
                   likelihood_weighting=bool(likelihood_weighting), importance_sampling=bool(importance_sampling),
-                  dequantize=bool(dequantize), objective=objective, p_uncond=float(p_uncond))
+                  uniform_share=float(uniform_share), dequantize=bool(dequantize), objective=objective,
+                  p_uncond=float(p_uncond))
     if getattr(model, "architecture", None) is not None:  # the package's networks: what rebuilds them
         config["architecture"] = model.architecture
     env = init_distributed(device)                      # under torchrun: join its process group (once)
@@ -318,7 +320,7 @@ def train(model: torch.nn.Module, data, sde, *, epochs: int | None = None, steps
         if objective == "time_classifier":
             return time_classifier_loss(net, x, y, loss_sde, eps=eps, generator=noise_gen)
         return dsm_loss(net, x, loss_sde, eps=eps, generator=noise_gen, likelihood_weighting=likelihood_weighting,
-                        importance_sampling=importance_sampling, y=y, p_uncond=p_uncond)
+                        importance_sampling=importance_sampling, uniform_share=uniform_share, y=y, p_uncond=p_uncond)
 
     bar = tqdm(total=total, initial=step, disable=not progress or env.rank != 0, desc="train", unit="step")
     pending: list[torch.Tensor] = []

@@ -176,6 +176,50 @@ def test_importance_sampling_keeps_the_expectation_for_a_network(sde_name):
     assert float(plain.var()) > float(weighted.var())
 
 
+def expected_default_loss(sde, eps):
+    """The default-weighted DSM loss of the exact score, 1 / (1 - eps) int_eps^1 sum_d alpha^2 s0_d^2 / v_d dt."""
+    def integrand(t):
+        t = torch.tensor(t, dtype=torch.float64)
+        a, s = float(sde.mean_coeff(t)), float(sde.marginal_prob_std(t))
+        return sum(a * a * s0 * s0 / (a * a * s0 * s0 + s * s) for s0 in S0.tolist())
+    return quad(integrand, eps, 1.0, epsabs=0.0, epsrel=1e-10, limit=200)[0] / (1.0 - eps)
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_a_uniform_share_mixes_the_default_weighting_into_the_likelihood_weighted_loss(sde_name):
+    """uniform_share = a draws t uniformly for a share a of the examples, with importance sampling's constant
+    weight W = Z / (1 - eps) for all: the expectation is (1 - a) L_likelihood + a W L_default, both by quadrature
+    (eps = 1e-3, exact score of Gaussian data, 200 batches of 500), for a = 0.3 and for a = 1."""
+    sde = SDES[sde_name]
+    eps = 1e-3
+    score = exact_gaussian_score(sde)
+    weight = sde.importance_normalizer(eps) / (1.0 - eps)
+    for share in (0.3, 1.0):
+        g = gen(4)
+        values = []
+        for _ in range(200):
+            x0 = torch.randn(500, 2, generator=g, dtype=torch.float64) * S0
+            values.append(float(dsm_loss(score, x0, sde, eps=eps, generator=g, likelihood_weighting=True,
+                                         importance_sampling=True, uniform_share=share)))
+        v = torch.tensor(values, dtype=torch.float64)
+        expected = (1 - share) * expected_lw_loss(sde, eps) + share * weight * expected_default_loss(sde, eps)
+        se = float(v.std()) / math.sqrt(len(v))
+        assert abs(float(v.mean()) - expected) <= K * se, (share, float(v.mean()), expected, se)
+        # and it differs from the likelihood-weighted loss by far more than that
+        assert abs(expected - expected_lw_loss(sde, eps)) > 20 * se
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(likelihood_weighting=True, uniform_share=0.5), r"uniform_share=0.5 .* needs importance_sampling=True"),
+    (dict(likelihood_weighting=True, importance_sampling=True, uniform_share=1.5), r"uniform_share must be a share"),
+    (dict(likelihood_weighting=True, importance_sampling=True, uniform_share=-0.1), r"uniform_share must be a share"),
+    (dict(likelihood_weighting=True, importance_sampling=True, uniform_share=True), r"uniform_share must be a share"),
+])
+def test_a_bad_uniform_share_is_a_value_error(bad, match):
+    with pytest.raises(ValueError, match=match):
+        dsm_loss(lambda x, t: x, torch.zeros(4, 2), SDES["vp"], **bad)
+
+
 def test_likelihood_weighting_changes_the_loss_and_gradients_flow():
     sde = SDES["vp"]
     torch.manual_seed(0)

@@ -67,6 +67,7 @@ def test_default_settings_are_recorded_as_false_and_a_bound_std_records_its_sde(
      "likelihood_weighting=True in the checkpoint, False now"),
     (dict(importance_sampling=False), "importance_sampling=True in the checkpoint, False now"),
     (dict(dequantize=False), "dequantize=True in the checkpoint, False now"),
+    (dict(uniform_share=0.5), "uniform_share=0.0 in the checkpoint, 0.5 now"),
 ])
 def test_resuming_with_another_sde_or_weighting_is_refused(tmp_path, change, named):
     sde = VPSDE(0.1, 20.0)
@@ -172,3 +173,16 @@ def test_load_score_checkpoint_with_another_sde_names_both(vp_checkpoint, other)
 def test_pretrained_sde_is_ve25():
     assert pretrained_sde("mnist-ve25") == VESDE(25.0) and type(pretrained_sde()) is VESDE
     assert pretrained_sde("mnist-ve25") != VPSDE()
+
+
+def test_a_checkpoint_from_before_uniform_share_resumes_as_share_0_and_refuses_another(tmp_path):
+    sde = VPSDE(0.1, 20.0)
+    ref = run(toy_model(sde), sde, 4)
+    path = tmp_path / "ckpt.pt"
+    run(toy_model(sde), sde, 2, path)
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["config"]["uniform_share"]           # as written before the setting existed
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match="uniform_share=0.0 in the checkpoint, 0.25 now"):
+        run(toy_model(sde), sde, 4, path, resume=True, uniform_share=0.25)
+    assert run(toy_model(sde), sde, 4, path, resume=True) == ref
