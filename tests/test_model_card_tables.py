@@ -302,3 +302,14 @@ def test_the_model_cards_unet_test_split_tables_match_its_evaluation_files():
     missing = [row for row in rows if row not in section]
     assert not missing, ("MODEL_CARD.md's mnist-unet section is out of date: run scripts/model_card_tables.py "
                          f"docs/unet/evaluation_*.json\n{missing}")
+
+
+def test_the_model_cards_likelihood_section_shows_each_held_out_bits_per_dim_file():
+    files = [p for p in sorted((ROOT / "docs" / "likelihood").glob("*.json")) if "bpd" in json.loads(p.read_text())]
+    assert len(files) >= 4
+    card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
+    section = card[card.index("# Not bundled yet: `mnist-likelihood`"):]
+    for path in files:   # each file on its own: different weights are not merged
+        rows = [row for row in _rows([path]) if "±" in row]
+        assert len(rows) == 1 and rows[0] in section, f"the likelihood section lacks {path.name}'s bits/dim: {rows}"
+        assert path.name in section
