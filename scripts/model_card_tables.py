@@ -241,9 +241,10 @@ def runs_table(paths) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for path, run in runs:
         sde = ", ".join(f"{k} = {v:g}" for k, v in run["sde"].items() if k != "name")
+        uniform = f"uniform t for {run.get('uniform_share', 0):.0%}"
         weighting = " + ".join(name for flag, name in (("likelihood_weighting", "likelihood weighting"),
                                                        ("importance_sampling", "importance sampling"),
-                                                       ("uniform_share", f"uniform t for {run.get('uniform_share', 0):.0%}"),
+                                                       ("uniform_share", uniform),
                                                        ("dequantize", "dequantized")) if run.get(flag)) or "none"
         held = run["holdout_bpd"]
         cells = [f"{held[w]['mean']:.3f} ± {held[w]['stderr']:.3f}" for w in ("raw", "ema")]

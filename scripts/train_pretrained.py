@@ -189,7 +189,8 @@ def main(argv=None):
     settings = dict(batch_size=args.batch_size, lr=args.lr, ema_model=ema, seed=args.seed,
                     checkpoint_path=args.out, resume=True, progress=False, precision=args.precision, device=device,
                     likelihood_weighting=args.likelihood_weighting, importance_sampling=args.importance_sampling,
-                    uniform_share=args.uniform_share, dequantize=args.dequantize, objective=network.objective, p_uncond=args.p_uncond)
+                    uniform_share=args.uniform_share, dequantize=args.dequantize, objective=network.objective,
+                    p_uncond=args.p_uncond)
     t0 = time.time()
     done = int(read_checkpoint(args.out)["step"]) if env.rank == 0 and Path(args.out).is_file() else 0
     done = broadcast_object(done)  # only rank 0 needs to see the file
