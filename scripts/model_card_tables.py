@@ -55,15 +55,18 @@ def point_text(key: tuple) -> str:
 TEST_SPLIT = "the test split"   # what evaluate scores against without --holdout (files from before it say nothing)
 
 
+DEFAULT_BPD_EPS = 1e-5   # evaluate --bpd-eps; files written before it existed used this
+
+
 def merge_bpd(parts):
     """One bits/dim result from ``[(path, data), ...]`` whose ``bpd`` entries cover disjoint test-image ranges."""
     if len(parts) == 1:
         return parts[0][1]["bpd"]
     parts = sorted(parts, key=lambda part: part[1]["bpd"].get("start", 0))
-    keys = {(data.get("weights_sha256"), data.get("model"), data["bpd"]["hutchinson"], data["bpd"]["batch_size"])
-            for _, data in parts}
+    keys = {(data.get("weights_sha256"), data.get("model"), data["bpd"]["hutchinson"], data["bpd"]["batch_size"],
+             data["bpd"].get("eps", DEFAULT_BPD_EPS)) for _, data in parts}
     if len(keys) > 1:
-        raise SystemExit("bits/dim parts differ in weights, probes or batch size: "
+        raise SystemExit("bits/dim parts differ in weights, probes, batch size or eps: "
                          + ", ".join(str(path) for path, _ in parts))
     values, end = [], None
     for path, data in parts:
@@ -81,7 +84,8 @@ def merge_bpd(parts):
     nfe = [k for _, data in parts for k in data["bpd"]["nfe_per_batch"]]
     first = parts[0][1]["bpd"]
     return {"n": n, "start": first.get("start", 0), "parts": len(parts), "mean": mean, "stderr": std / math.sqrt(n),
-            "batch_size": first["batch_size"], "hutchinson": first["hutchinson"], "nfe_per_batch": nfe,
+            "batch_size": first["batch_size"], "hutchinson": first["hutchinson"],
+            "eps": first.get("eps", DEFAULT_BPD_EPS), "nfe_per_batch": nfe,
             "nfe_per_batch_mean": sum(nfe) / len(nfe), "wall_s": sum(data["bpd"]["wall_s"] for _, data in parts)}
 
 
@@ -157,6 +161,8 @@ def main():
         start = b.get("start", 0)
         images = f"{b['n']:,}" if start == 0 else f"{b['n']:,} (indices {start:,}-{start + b['n'] - 1:,})"
         split = f", {b['parts']} processes" if "parts" in b else ""
+        if b.get("eps", DEFAULT_BPD_EPS) != DEFAULT_BPD_EPS:
+            print(f"The data placed at t = {b['eps']:g} (the default is {DEFAULT_BPD_EPS:g}).\n")
         print("| test images | bits/dim (mean ± standard error) | score evaluations per batch: mean, min-max "
               "| batch size | wall time |")
         print("|---|---|---|---|---|")

@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the first test image for bits/dim: split the 10,000 over processes with disjoint ranges "
                         "(scripts/model_card_tables.py merges them; default: 0)")
     p.add_argument("--bpd-batch-size", type=_positive_int, default=100)
+    p.add_argument("--bpd-eps", type=float, default=1e-5,
+                   help="bits/dim of the model's density at t = eps: where the probability-flow ODE starts from "
+                        "the data (default: 1e-5)")
     p.add_argument("--hutchinson", choices=["rademacher", "gaussian"], default="rademacher",
                    help="Hutchinson probes for bits/dim (default: rademacher; gaussian is the tutorial's)")
     p.add_argument("--n-samples", type=_positive_int, default=2000, help="samples per sampler (default: 2000)")
@@ -671,7 +674,8 @@ def cmd_evaluate(args) -> int:
         model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
         classifier=load_classifier(device=device), samplers=args.samplers, n_samples=args.n_samples,
         batch_size=args.batch_size, steps=args.steps, snr=args.snr, eps=args.eps, bpd_n=args.bpd_n,
-        bpd_start=args.bpd_start, bpd_batch_size=args.bpd_batch_size, hutchinson=args.hutchinson,
+        bpd_start=args.bpd_start, bpd_batch_size=args.bpd_batch_size, bpd_eps=args.bpd_eps,
+        hutchinson=args.hutchinson,
         curve=curve, options=options, seed=args.seed,
         device=device, progress=not args.no_progress, grid_dir=args.out_dir,
         on_update=lambda r: _write_json(json_path, {**header, **r}),

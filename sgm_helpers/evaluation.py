@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .samplers import SAMPLERS, sample
-from .utils import check_positive_int
+from .utils import check_eps, check_positive_int
 
 
 def draw_samples(sampler: str, score_model, sde, n: int, *, shape=(1, 28, 28), steps: int | None = None,
@@ -55,7 +55,8 @@ def sampler_settings(name: str) -> list[str]:
 def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: torch.Tensor,
                    train_images: torch.Tensor, classifier, samplers=("em", "pc", "ode"), n_samples: int = 2000,
                    batch_size: int = 500, steps: int | None = None, snr: float = 0.16, eps: float = 1e-3,
-                   bpd_n: int = 10000, bpd_start: int = 0, bpd_batch_size: int = 100, hutchinson: str = "rademacher",
+                   bpd_n: int = 10000, bpd_start: int = 0, bpd_batch_size: int = 100, bpd_eps: float = 1e-5,
+                   hutchinson: str = "rademacher",
                    curve: dict | None = None, options: dict | None = None, seed: int = 0, device=None,
                    progress: bool = True, grid_dir=None, on_update=None, log=print) -> dict:
     """The model card's numbers for one model, as a JSON-ready dict.
@@ -63,8 +64,8 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
     - ``classifier``: the evaluation classifier's accuracy on the test images;
     - ``real_data_baseline``: ``n_samples`` training images scored like samples (the Fréchet distance floor);
     - ``bpd``: bits/dim on ``bpd_n`` test images from index ``bpd_start`` on (mean, standard error, every
-      image's value, score evaluations per batch) with ``hutchinson`` probes (see
-      :func:`~sgm_helpers.likelihood.evaluate_bpd`), seeded by ``seed + bpd_start``, so that disjoint ranges
+      image's value, score evaluations per batch) with ``hutchinson`` probes, the data placed at t = ``bpd_eps``
+      (see :func:`~sgm_helpers.likelihood.evaluate_bpd`), seeded by ``seed + bpd_start``, so that disjoint ranges
       run in separate processes are a reproducible split of one evaluation (``scripts/model_card_tables.py``
       merges them);
     - ``samplers[name]``: for each sampler, the Fréchet distance to the test images in the classifier's
@@ -88,6 +89,7 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
     if bpd_start < 0 or bpd_start + bpd_n > len(test_images):
         raise ValueError(f"bpd_start = {bpd_start} and bpd_n = {bpd_n} must select images of test_images "
                          f"(indices 0 to {len(test_images) - 1})")
+    bpd_eps = check_eps(bpd_eps, "bpd_eps")
     curve = {name: list(steps_list) for name, steps_list in (curve or {}).items()}
     options = {name: dict(settings) for name, settings in (options or {}).items()}
     unknown = [s for s in [*samplers, *curve, *options] if s not in SAMPLERS]
@@ -125,9 +127,9 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
         t0 = time.perf_counter()
         bpd = evaluate_bpd(score_model, sde, test_images[bpd_start:bpd_start + bpd_n], batch_size=bpd_batch_size,
                            generator=torch.Generator().manual_seed(seed + bpd_start), progress=progress,
-                           device=device, hutchinson=hutchinson)
+                           device=device, hutchinson=hutchinson, eps=bpd_eps)
         results["bpd"] = {"n": bpd_n, "start": bpd_start, "mean": bpd.mean, "stderr": bpd.stderr,
-                          "batch_size": bpd_batch_size, "hutchinson": hutchinson,
+                          "batch_size": bpd_batch_size, "hutchinson": hutchinson, "eps": bpd_eps,
                           "nfe_per_batch_mean": sum(bpd.nfe) / len(bpd.nfe), "nfe_per_batch": bpd.nfe,
                           "wall_s": time.perf_counter() - t0,
                           "per_image": [round(v, 6) for v in bpd.bpd.double().tolist()]}

@@ -57,6 +57,21 @@ def test_evaluate_model_returns_every_part_and_saves_grids(model_and_sde, tmp_pa
                            classifier=load_classifier(device="cpu"), samplers=(), n_samples=6, bpd_n=2, bpd_start=4,
                            bpd_batch_size=2, device="cpu", progress=False, log=lambda line: None)
     assert later["bpd"]["start"] == 4 and len(later["bpd"]["per_image"]) == 2
+    assert results["bpd"]["eps"] == 1e-5
+    # the data placed at another t: evaluate_bpd's eps, with the same seed as evaluate_model's own draw
+    from sgm_helpers.likelihood import evaluate_bpd
+
+    coarse = evaluate_model(model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
+                            classifier=load_classifier(device="cpu"), samplers=(), n_samples=6, bpd_n=2,
+                            bpd_batch_size=2, bpd_eps=1e-3, device="cpu", progress=False, log=lambda line: None)
+    direct = evaluate_bpd(model, sde, test_images[:2], batch_size=2, eps=1e-3, progress=False, device="cpu",
+                          generator=torch.Generator().manual_seed(0))
+    assert coarse["bpd"]["eps"] == 1e-3
+    assert coarse["bpd"]["per_image"] == [round(v, 6) for v in direct.bpd.double().tolist()]
+    assert coarse["bpd"]["per_image"] != results["bpd"]["per_image"]
+    with pytest.raises(ValueError, match=r"bpd_eps must be a number in the open interval \(0, 1\), got 0"):
+        evaluate_model(model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
+                       classifier=None, samplers=(), bpd_n=2, bpd_eps=0)
     with pytest.raises(ValueError, match="bpd_start = 5 and bpd_n = 2 must select images of test_images"):
         evaluate_model(model, sde, test_images=test_images, test_labels=test_labels, train_images=train_images,
                        classifier=None, samplers=(), bpd_n=2, bpd_start=5)

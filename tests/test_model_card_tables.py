@@ -67,6 +67,12 @@ def test_bits_per_dim_split_over_test_image_ranges_is_merged(tmp_path):
     other_weights = _write(tmp_path / "bpd_other.json", weights_sha256="def", bpd=_bpd(4, [5.0, 6.0], [140]))
     proc = _run(first, other_weights)
     assert proc.returncode != 0 and "differ in weights" in proc.stderr
+    other_eps = _write(tmp_path / "bpd_eps.json", weights_sha256="abc",
+                       bpd={**_bpd(4, [5.0, 6.0], [140]), "eps": 1e-3})
+    proc = _run(first, other_eps)   # first has no eps: written before --bpd-eps, at 1e-5
+    assert proc.returncode != 0 and "batch size or eps" in proc.stderr
+    assert "The data placed at t = 0.001 (the default is 1e-05)." in _run(other_eps).stdout
+    assert "The data placed at t" not in alone.stdout
 
 
 def _point(name, label, steps, nfe, fd):
