@@ -106,6 +106,9 @@ def parse_args(argv=None):
                         "mixing the default weighting into likelihood weighting (dsm_loss's uniform_share; "
                         "default 0)")
     p.add_argument("--dequantize", action="store_true")
+    p.add_argument("--eps", type=float, default=1e-5,
+                   help="the smallest t trained on (t ~ U(eps, 1), or importance-sampled on [eps, 1]); "
+                        "--eval-holdout scores the model's density at the same t (default 1e-5)")
     p.add_argument("--time-input", choices=list(TIME_INPUTS), default="t",
                    help="score models: what the time embedding sees, t (the tutorial's) or log std(t), the log noise "
                         "level (default t)")
@@ -140,6 +143,8 @@ def parse_args(argv=None):
         p.error(f"--p-uncond is for a class-conditional --model ({conditional}), not {args.model}")
     elif not 0.0 <= args.p_uncond <= 1.0:
         p.error(f"--p-uncond must be a probability in [0, 1], got {args.p_uncond}")
+    if not 0.0 < args.eps < 1.0:
+        p.error(f"--eps must be a time in the open interval (0, 1), got {args.eps}")
     if not 0.0 <= args.uniform_share <= 1.0:
         p.error(f"--uniform-share must be a share in [0, 1], got {args.uniform_share}")
     if args.uniform_share > 0 and not args.importance_sampling:
@@ -186,7 +191,7 @@ def main(argv=None):
     where = device if env.world_size == 1 else f"{env.world_size} processes ({device.type})"
     log(f"training on the first {len(images)} MNIST training images ({args.holdout} held out) on {where}; "
         f"{type(model).__name__}, objective {network.objective}; {sde}; {vars(args)}", flush=True)
-    settings = dict(batch_size=args.batch_size, lr=args.lr, ema_model=ema, seed=args.seed,
+    settings = dict(batch_size=args.batch_size, lr=args.lr, ema_model=ema, seed=args.seed, eps=args.eps,
                     checkpoint_path=args.out, resume=True, progress=False, precision=args.precision, device=device,
                     likelihood_weighting=args.likelihood_weighting, importance_sampling=args.importance_sampling,
                     uniform_share=args.uniform_share, dequantize=args.dequantize, objective=network.objective,
@@ -283,7 +288,8 @@ def heldout_bpd(ckpt, sde, args, device) -> tuple[dict, dict]:
 
     held_out, _ = held_out_split(args)
     conditional = NETWORKS[args.model].objective == "conditional_dsm"
-    out = {"n": len(held_out), "seed": 0, **({"score": "unconditional (null class)"} if conditional else {})}
+    out = {"n": len(held_out), "seed": 0, "eps": args.eps,
+           **({"score": "unconditional (null class)"} if conditional else {})}
     per_image = {}
     for which in ("raw", "ema"):
         model = checkpoint_model(ckpt, sde, which).to(device)
@@ -291,7 +297,7 @@ def heldout_bpd(ckpt, sde, args, device) -> tuple[dict, dict]:
             model = cfg_score(model, None, 0.0)              # s(x, t, null): the unconditional score
         t0 = time.time()
         result = evaluate_bpd(model, sde, held_out, batch_size=500, generator=torch.Generator().manual_seed(0),
-                              progress=False, device=device)
+                              progress=False, device=device, eps=args.eps)
         out[which] = {"mean": result.mean, "stderr": result.stderr, "nfe_per_batch": result.nfe,
                       "wall_s": time.time() - t0}
         per_image[which] = [round(v, 6) for v in result.bpd.double().tolist()]

@@ -533,6 +533,7 @@ def test_every_network_of_the_training_script_rebuilds_from_its_architecture():
     (["--model", "resnet"], "invalid choice: 'resnet'"),
     (["--model", "time-classifier", "--time-input", "log_std"], "--time-input is for score models"),
     (["--time-input", "sigma"], "invalid choice: 'sigma'"),
+    (["--eps", "0"], r"--eps must be a time in the open interval \(0, 1\), got 0.0"),
 ])
 def test_the_training_script_refuses_settings_that_do_not_fit_the_model(argv, match, capsys):
     with pytest.raises(SystemExit):
@@ -586,11 +587,14 @@ def test_the_training_script_records_held_out_bits_per_dim_per_image_in_its_info
     script.main(["--out", str(tmp_path / "vp.pt"), "--sde", "vp", "--likelihood-weighting", "--importance-sampling",
                  "--dequantize", "--channels", "32", "32", "32", "32", "--batch-size", "2", "--epochs", "1",
                  "--holdout", "2", "--eval-holdout", "2", "--device", "cpu", "--export", str(export),
-                 "--info-json", str(record)])
+                 "--info-json", str(record), "--eps", "1e-3"])
     assert f"wrote the run's record to {record}" in capsys.readouterr().out
     saved = json.loads(record.read_text())
     assert saved["sde"]["name"] == "VPSDE" and saved["likelihood_weighting"] and saved["importance_sampling"]
-    assert saved["command"].endswith(f"--info-json {record}") and saved["holdout_bpd"]["n"] == 2
+    # --eps is the loss's smallest t (the checkpoint's resume key) and where the held-out density is scored
+    assert torch.load(tmp_path / "vp.pt", weights_only=True)["config"]["eps"] == 1e-3
+    assert saved["eps"] == 1e-3 and saved["holdout_bpd"]["eps"] == 1e-3
+    assert saved["command"].endswith(f"--info-json {record} --eps 1e-3") and saved["holdout_bpd"]["n"] == 2
     for which in ("raw", "ema"):   # per image, so that two runs compare image by image; their mean is the summary
         values = saved["holdout_bpd_per_image"][which]
         assert len(values) == 2 and abs(sum(values) / 2 - saved["holdout_bpd"][which]["mean"]) < 1e-5
