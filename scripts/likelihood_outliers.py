@@ -6,7 +6,8 @@ For the ``--worst`` images of a bits/dim result that ``python -m sgm_helpers eva
 scored against the last ``--holdout`` training images, or the test split with ``--holdout 0``), and for the
 median image as a contrast, each image is scored alone (batch 1): with ``--draws`` dequantizations, each
 with ``--probes`` Hutchinson probes. One line per image and dequantization: its bits/dim for every probe and
-the largest |x(1)| the probability-flow ODE ends at. The prior is N(0, I) for VP and sub-VP (N(0, sigma^2 I)
+the largest |x(1)| the probability-flow ODE ends at. Each image is scored at the t = eps of the results
+(``evaluate --bpd-eps``; 1e-5 where they record none). The prior is N(0, I) for VP and sub-VP (N(0, sigma^2 I)
 for VE), so an |x(1)| far beyond a few prior standard deviations means the trajectory left the data.
 
 What it tells apart: bits/dim that move with the probes are Hutchinson noise; that move with the
@@ -75,7 +76,7 @@ def main(argv=None):
             x = dequantize(images[i:i + 1], torch.Generator().manual_seed(draw))
             values, reach = [], 0.0
             for probe in range(args.probes):
-                z, logp, _ = ode_likelihood(x, model, sde, rtol=args.rtol, atol=1e-5, eps=1e-5,
+                z, logp, _ = ode_likelihood(x, model, sde, rtol=args.rtol, atol=1e-5, eps=bpd.get("eps", 1e-5),
                                             generator=torch.Generator().manual_seed(1000 + probe))
                 values.append(float(bits_per_dim(logp, x)))
                 reach = max(reach, float(z.abs().max()))

@@ -648,7 +648,7 @@ def test_compare_ema_raw_scores_both_weights_on_held_out_training_images(tmp_pat
         script.main()
 
 
-def test_likelihood_outliers_rescores_the_worst_and_the_median_image_alone(tmp_path, tiny_mnist, capsys):
+def test_likelihood_outliers_rescores_the_worst_and_the_median_image_alone(tmp_path, tiny_mnist, capsys, monkeypatch):
     script = _script("likelihood_outliers")
     results = tmp_path / "bpd.json"
     results.write_text(json.dumps({"bpd": {"start": 1, "per_image": [5.0, 1.0, 3.0]}}))
@@ -666,3 +666,10 @@ def test_likelihood_outliers_rescores_the_worst_and_the_median_image_alone(tmp_p
         script.main(["--results", str(results), "--holdout", "0", "--data-dir", str(tiny_mnist)])
     with pytest.raises(SystemExit, match="--draws must be at least 1"):
         script.main(["--results", str(results), "--draws", "0"])
+    # results scored at another t = eps (evaluate --bpd-eps) are re-scored at that eps
+    seen, ode_likelihood = [], script.ode_likelihood
+    monkeypatch.setattr(script, "ode_likelihood", lambda *a, **k: seen.append(k["eps"]) or ode_likelihood(*a, **k))
+    results.write_text(json.dumps({"bpd": {"start": 1, "per_image": [5.0, 1.0, 3.0], "eps": 1e-3}}))
+    script.main(["--results", str(results), "--holdout", "4", "--data-dir", str(tiny_mnist), "--worst", "1",
+                 "--draws", "1", "--probes", "1"])
+    assert seen == [1e-3, 1e-3]   # the worst image and the median one
