@@ -679,7 +679,7 @@ def cmd_evaluate(args) -> int:
         curve=curve, options=options, seed=args.seed,
         device=device, progress=not args.no_progress, grid_dir=args.out_dir,
         on_update=lambda r: _write_json(json_path, {**header, **r}),
-        log=lambda line: print(line, flush=True))
+        log=lambda line: print(line, flush=True), images_name="held-out images" if args.holdout else "test images")
     results["classifier"].update(train_images=classifier_info["training"]["train_images"],
                                  sha256=classifier_info["sha256"])
     _write_json(json_path, {**header, **results})

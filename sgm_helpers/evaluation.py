@@ -58,7 +58,8 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
                    bpd_n: int = 10000, bpd_start: int = 0, bpd_batch_size: int = 100, bpd_eps: float = 1e-5,
                    hutchinson: str = "rademacher",
                    curve: dict | None = None, options: dict | None = None, seed: int = 0, device=None,
-                   progress: bool = True, grid_dir=None, on_update=None, log=print) -> dict:
+                   progress: bool = True, grid_dir=None, on_update=None, log=print,
+                   images_name: str = "test images") -> dict:
     """The model card's numbers for one model, as a JSON-ready dict.
 
     - ``classifier``: the evaluation classifier's accuracy on the test images;
@@ -79,7 +80,8 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
       images); each result records its settings under ``options`` and the ones set here under ``options_set``.
 
     Every random draw is seeded by ``seed``. ``on_update(results)`` is called after each part (to save
-    partial results); ``log`` prints one line per part.
+    partial results); ``log`` prints one line per part, calling ``test_images`` by ``images_name`` (e.g.
+    "held-out images" where they are held-out training images).
     """
     from .classifier import classifier_accuracy
     from .likelihood import evaluate_bpd
@@ -111,7 +113,7 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
 
     acc = classifier_accuracy(classifier, test_images, test_labels)
     results["classifier"] = {"test_accuracy": acc, "test_images": len(test_images)}
-    log(f"classifier: test accuracy {acc:.4f} on {len(test_images)} test images")
+    log(f"classifier: accuracy {acc:.4f} on {len(test_images)} {images_name}")
     reference = classifier_features(classifier, test_images)
     n_real = min(n_samples, len(train_images))
     real = train_images[torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:n_real]]
@@ -133,7 +135,7 @@ def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: 
                           "nfe_per_batch_mean": sum(bpd.nfe) / len(bpd.nfe), "nfe_per_batch": bpd.nfe,
                           "wall_s": time.perf_counter() - t0,
                           "per_image": [round(v, 6) for v in bpd.bpd.double().tolist()]}
-        log(f"bits/dim on test images {bpd_start} to {bpd_start + bpd_n - 1}: {bpd.mean:.3f} ± {bpd.stderr:.3f} "
+        log(f"bits/dim on {images_name} {bpd_start} to {bpd_start + bpd_n - 1}: {bpd.mean:.3f} ± {bpd.stderr:.3f} "
             f"({results['bpd']['nfe_per_batch_mean']:.0f} function evaluations per batch of {bpd_batch_size})")
         update(results)
 

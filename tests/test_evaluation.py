@@ -185,10 +185,14 @@ def test_cli_evaluate_writes_the_json_through_evaluate_model(tmp_path, capsys):
     em = json.loads((out / "options.json").read_text())["samplers"]["em"]
     assert em["options_set"] == {"denoise": True} and em["score_evaluations_per_batch"] == [3]   # + Tweedie's step
     assert saved["classifier"]["sha256"] and saved["test_images"] == 3 and saved["reference"] == "the test split"
+    capsys.readouterr()
     code = main(["evaluate", "--data-dir", tmp_path / "tiny", "--no-download", "--device", "cpu", "--no-progress",
                  "--bpd-n", "1", "--bpd-batch-size", "1", "--n-samples", "2", "--batch-size", "2", "--samplers",
                  "--holdout", "2", "--json", out / "held.json", "--out-dir", out])
     assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out   # the log names the images for what they are
+    assert "accuracy" in printed and "on 2 held-out images" in printed and "bits/dim on held-out images 0 to 0" in printed
+    assert "test images" not in printed
     held = json.loads((out / "held.json").read_text())
     # scored against the last two training images; the floor drawn from the other two
     assert held["reference"].startswith("the last 2 training images") and held["test_images"] == 2
