@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from sgm_helpers import load_mnist, load_pretrained, pretrained_sde
-from sgm_helpers.likelihood import bits_per_dim, dequantize, ode_likelihood
+from sgm_helpers.likelihood import DEFAULT_EPS, bits_per_dim, dequantize, ode_likelihood
 from sgm_helpers.pretrained import checkpoint_model, checkpoint_sde, read_checkpoint
 
 
@@ -76,7 +76,7 @@ def main(argv=None):
             x = dequantize(images[i:i + 1], torch.Generator().manual_seed(draw))
             values, reach = [], 0.0
             for probe in range(args.probes):
-                z, logp, _ = ode_likelihood(x, model, sde, rtol=args.rtol, atol=1e-5, eps=bpd.get("eps", 1e-5),
+                z, logp, _ = ode_likelihood(x, model, sde, rtol=args.rtol, atol=1e-5, eps=bpd.get("eps", DEFAULT_EPS),
                                             generator=torch.Generator().manual_seed(1000 + probe))
                 values.append(float(bits_per_dim(logp, x)))
                 reach = max(reach, float(z.abs().max()))

@@ -27,6 +27,8 @@ import json
 import math
 from pathlib import Path
 
+from sgm_helpers.likelihood import DEFAULT_EPS as DEFAULT_BPD_EPS  # files written before --bpd-eps existed used it
+
 NAMES = {"em": "Euler-Maruyama", "pc": "predictor-corrector", "ancestral": "ancestral (DDPM for VP)",
          "ode": "probability-flow ODE (RK45)", "heun": "Heun (EDM)", "heun-churn": "Heun (EDM), churned",
          "dpm2m": "DPM-Solver++(2M)"}
@@ -54,8 +56,6 @@ def point_text(key: tuple) -> str:
 
 TEST_SPLIT = "the test split"   # what evaluate scores against without --holdout (files from before it say nothing)
 
-
-DEFAULT_BPD_EPS = 1e-5   # evaluate --bpd-eps; files written before it existed used this
 
 
 def merge_bpd(parts):

@@ -47,8 +47,8 @@ from pathlib import Path
 
 import torch
 
-from sgm_helpers import (ConditionalScoreNet, ScoreNet, TimeClassifier, UNet, load_mnist, make_ema, make_sde,
-                         seed_everything, train)
+from sgm_helpers import (ConditionalScoreNet, ReparameterizedScoreNet, ScoreNet, TimeClassifier, UNet, load_mnist,
+                         make_ema, make_sde, seed_everything, train)
 from sgm_helpers.models import TIME_INPUTS
 from sgm_helpers.pretrained import checkpoint_model, checkpoint_state_dict, read_checkpoint
 from sgm_helpers.training import PRECISIONS
@@ -96,6 +96,10 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--sde", choices=["ve", "vp", "subvp"], default="ve")
+    p.add_argument("--network-sde", choices=["ve", "vp", "subvp"], default=None,
+                   help="--model scorenet: the SDE the network is conditioned on, if not --sde's; the model is then a "
+                        "ReparameterizedScoreNet, e.g. --sde vp --network-sde ve --init-from mnist-ve25 (the "
+                        "tutorial's VE network as a VP model, through the noise level std/alpha)")
     p.add_argument("--sigma", type=float, default=25.0, help="VE: sigma")
     p.add_argument("--beta-min", type=float, default=0.1, help="VP, sub-VP: beta_min")
     p.add_argument("--beta-max", type=float, default=20.0, help="VP, sub-VP: beta_max")
@@ -155,8 +159,18 @@ def parse_args(argv=None):
     if network.objective == "time_classifier" and score_only:
         p.error(f"--{score_only[0].replace('_', '-')} is for score models; --model {args.model} trains on the "
                 "plain cross-entropy of noised images")
+    if args.network_sde == args.sde:
+        args.network_sde = None
+    if args.network_sde and args.model != "scorenet":
+        p.error(f"--network-sde is for --model scorenet (a ReparameterizedScoreNet), not {args.model}")
     args.channels = list(network.channels if args.channels is None else args.channels)
     return args
+
+
+def make_run_sde(name: str, args):
+    """The SDE ``name`` with this run's parameters (--sigma for VE, --beta-min and --beta-max otherwise)."""
+    return (make_sde("ve", sigma=args.sigma) if name == "ve"
+            else make_sde(name, beta_min=args.beta_min, beta_max=args.beta_max))
 
 
 def main(argv=None):
@@ -168,11 +182,12 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     seed_everything(args.seed)  # also fixes the GaussianFourierProjection weights
-    sde = (make_sde("ve", sigma=args.sigma) if args.sde == "ve"
-           else make_sde(args.sde, beta_min=args.beta_min, beta_max=args.beta_max))
+    sde = make_run_sde(args.sde, args)
     network = NETWORKS[args.model]
     try:
-        model = network.build(sde, args.channels, args.time_input)
+        model = (ReparameterizedScoreNet(sde, make_run_sde(args.network_sde, args), args.channels,
+                                         time_input=args.time_input) if args.network_sde
+                 else network.build(sde, args.channels, args.time_input))
     except ValueError as err:
         raise SystemExit(f"error: --channels {' '.join(map(str, args.channels))} for --model {args.model}: {err}")
     init = init_weights(model, args.init_from, sde) if args.init_from and not Path(args.out).is_file() else None
@@ -261,8 +276,10 @@ def init_weights(model, source: str, sde) -> str:
         source_sde = pretrained_sde(source)
     else:
         raise SystemExit(f"error: --init-from {source}: neither a file nor a bundled model ({', '.join(available_models())})")
-    if source_sde is not None and source_sde.config() != sde.config():
-        raise SystemExit(f"error: --init-from {source} was trained with {source_sde}, this run uses {sde}")
+    network_sde = getattr(model, "source_sde", sde)  # a ReparameterizedScoreNet's network is conditioned on another
+    if source_sde is not None and source_sde.config() != network_sde.config():
+        raise SystemExit(f"error: --init-from {source} was trained with {source_sde}, this run's network uses "
+                         f"{network_sde}")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # a shape that differs

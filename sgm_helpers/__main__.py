@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from .controllable import DEFAULT_SCALES, INPAINT_GUIDANCE, INPAINT_RESAMPLINGS, MASK_REGIONS
+from .likelihood import DEFAULT_EPS
 from .samplers import SAMPLERS
 from .sde import SDE_NAMES
 
@@ -261,9 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the first test image for bits/dim: split the 10,000 over processes with disjoint ranges "
                         "(scripts/model_card_tables.py merges them; default: 0)")
     p.add_argument("--bpd-batch-size", type=_positive_int, default=100)
-    p.add_argument("--bpd-eps", type=float, default=1e-5,
+    p.add_argument("--bpd-eps", type=float, default=DEFAULT_EPS,
                    help="bits/dim of the model's density at t = eps: where the probability-flow ODE starts from "
-                        "the data (default: 1e-5)")
+                        f"the data (default: {DEFAULT_EPS:g})")
     p.add_argument("--hutchinson", choices=["rademacher", "gaussian"], default="rademacher",
                    help="Hutchinson probes for bits/dim (default: rademacher; gaussian is the tutorial's)")
     p.add_argument("--n-samples", type=_positive_int, default=2000, help="samples per sampler (default: 2000)")

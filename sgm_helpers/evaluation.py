@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .likelihood import DEFAULT_EPS
 from .samplers import SAMPLERS, sample
 from .utils import check_eps, check_positive_int
 
@@ -55,7 +56,7 @@ def sampler_settings(name: str) -> list[str]:
 def evaluate_model(score_model, sde, *, test_images: torch.Tensor, test_labels: torch.Tensor,
                    train_images: torch.Tensor, classifier, samplers=("em", "pc", "ode"), n_samples: int = 2000,
                    batch_size: int = 500, steps: int | None = None, snr: float = 0.16, eps: float = 1e-3,
-                   bpd_n: int = 10000, bpd_start: int = 0, bpd_batch_size: int = 100, bpd_eps: float = 1e-5,
+                   bpd_n: int = 10000, bpd_start: int = 0, bpd_batch_size: int = 100, bpd_eps: float = DEFAULT_EPS,
                    hutchinson: str = "rademacher",
                    curve: dict | None = None, options: dict | None = None, seed: int = 0, device=None,
                    progress: bool = True, grid_dir=None, on_update=None, log=print,

@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 from .utils import check_eps, check_positive, check_positive_int, model_device, rand, randn
 
 HUTCHINSON_KINDS = ("gaussian", "rademacher", "exact")
+# The time t = eps at which the data are placed (the density scored is p_eps): the paper's, and every default here.
+DEFAULT_EPS = 1e-5
 
 
 def hutchinson_divergence(fn, x: torch.Tensor, t, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +88,7 @@ def hutchinson_noise(shape, kind: str = "rademacher", generator: torch.Generator
     raise ValueError(f"hutchinson must be 'gaussian' or 'rademacher' for noise, got {kind!r}")
 
 
-def ode_likelihood(x: torch.Tensor, score_model, sde, *, eps: float = 1e-5, rtol: float = 1e-5, atol: float = 1e-5,
+def ode_likelihood(x: torch.Tensor, score_model, sde, *, eps: float = DEFAULT_EPS, rtol: float = 1e-5, atol: float = 1e-5,
                    hutchinson: str = "rademacher", generator: torch.Generator | None = None, method: str = "RK45",
                    device=None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """log p_eps(x) under the model, by solving the probability-flow ODE from t = eps to t = 1.
@@ -220,7 +222,7 @@ def dequantize(images: torch.Tensor, generator: torch.Generator | None = None) -
 
 
 def evaluate_bpd(score_model, sde, images: torch.Tensor, *, batch_size: int = 64,
-                 generator: torch.Generator | None = None, progress: bool = True, eps: float = 1e-5,
+                 generator: torch.Generator | None = None, progress: bool = True, eps: float = DEFAULT_EPS,
                  rtol: float = 3e-3, atol: float = 1e-5, hutchinson: str = "rademacher",
                  device=None) -> BPDResult:
     """Bits/dim of a set of 8-bit images in [0, 1] (``[N, ...]``), with uniform dequantization.

@@ -183,6 +183,57 @@ class ScoreNet(nn.Module):
         return h / self.marginal_prob_std(t)[:, None, None, None]
 
 
+class ReparameterizedScoreNet(ScoreNet):
+    """A :class:`ScoreNet` of one SDE (the *source*), used as the score model of another through the noise level.
+
+    Every SDE here has x(t) = alpha(t) x(0) + std(t) z, so x(t) / alpha(t) = x(0) + sigma(t) z with EDM's noise
+    level sigma(t) = std(t) / alpha(t) (:meth:`SDE.sigma_of_t`). Two SDEs at times of equal sigma therefore see
+    the same noisy data up to a scale, and their scores differ by that scale alone (Song et al. 2021, appendix B;
+    Karras et al. 2022):
+
+        s(x, t) = (alpha'(t') / alpha(t)) s'(alpha'(t') x / alpha(t), t'),    t' = t'(sigma(t))
+
+    with primes for the source SDE (:meth:`SDE.t_of_sigma`). With a VE source (alpha' = 1) this is
+    s'(x / alpha(t), t') / alpha(t): a VP or sub-VP model built from a network trained on the tutorial's VE SDE,
+    whose weights (the same parameter names as a ScoreNet's) it starts from. Where the target SDE's sigma goes
+    beyond the source's (sigma(1) = 152 for VP with the paper's betas, 9.9 for the tutorial's VE), t' lies past
+    the source's T = 1: the network is asked about times it has not been trained on until it is.
+
+    Args:
+        sde: the SDE this model is the score of.
+        source_sde: the SDE the network is conditioned on (an ``SDE`` or its :meth:`SDE.config`).
+        channels, embed_dim, time_input: as for :class:`ScoreNet` (which is built for ``source_sde``).
+
+    Input ``x`` of shape ``[B, 1, 28, 28]`` and ``t`` of shape ``[B]`` (or a float); output ``[B, 1, 28, 28]``.
+    """
+
+    def __init__(self, sde, source_sde, channels=(32, 64, 128, 256), embed_dim: int = 256, time_input: str = "t"):
+        from .sde import SDE
+
+        if not isinstance(sde, SDE):
+            raise ValueError(f"sde must be an SDE (a VESDE, VPSDE or subVPSDE), got {sde!r}")
+        source = SDE.from_config(source_sde)
+        super().__init__(source.marginal_prob_std, channels, embed_dim, time_input)
+        self.sde, self.source_sde = sde, source
+
+    @property
+    def architecture(self) -> dict:
+        return {**super().architecture, "source_sde": self.source_sde.config()}
+
+    def source_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """t' with sigma'(t') = sigma(t), and the scale alpha'(t') / alpha(t), both ``[B]`` in t's dtype."""
+        t64 = t.double()
+        t_source = self.source_sde.t_of_sigma(self.sde.sigma_of_t(t64))
+        scale = self.source_sde.mean_coeff(t_source) / self.sde.mean_coeff(t64)
+        return t_source.to(t.dtype), scale.to(t.dtype)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = _check_images_and_time(x, t, type(self).__name__)
+        t_source, scale = self.source_time(t)
+        scale = scale[:, None, None, None]
+        return scale * super().forward(scale * x, t_source)
+
+
 _NO_LABELS = object()  # marks a class-conditional network called without its y argument
 
 

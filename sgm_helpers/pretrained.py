@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .classifier import MNISTClassifier
-from .models import ConditionalScoreNet, ScoreNet, TimeClassifier, UNet, load_tutorial_checkpoint
+from .models import ConditionalScoreNet, ReparameterizedScoreNet, ScoreNet, TimeClassifier, UNet, load_tutorial_checkpoint
 from .sde import SDE, VESDE, sde_of
 from .training import CHECKPOINT_FORMAT
 from .utils import get_device, read_torch_file
@@ -43,8 +43,9 @@ CHECKPOINT_WEIGHTS = ("auto", "ema", "raw")
 # The only buffer of the networks here: the fixed Fourier features of the time embedding, never trained.
 SCORENET_BUFFERS = ("embed.0.W",)
 # Class name -> class, for the ``architecture`` fields of the manifest and of checkpoints. A constructor whose
-# first argument is ``marginal_prob_std`` (a score network) gets the model's SDE's.
-ARCHITECTURES = {cls.__name__: cls for cls in (ScoreNet, ConditionalScoreNet, UNet, TimeClassifier, MNISTClassifier)}
+# first argument is ``marginal_prob_std`` (a score network) gets the model's SDE's; one taking ``sde``, the SDE.
+ARCHITECTURES = {cls.__name__: cls for cls in (ScoreNet, ReparameterizedScoreNet, ConditionalScoreNet, UNet, TimeClassifier,
+                                                MNISTClassifier)}
 
 
 def sha256_file(path) -> str:
@@ -139,11 +140,12 @@ def build_model(architecture: Mapping, sde: SDE | None = None) -> torch.nn.Modul
     if cls is None:
         raise ValueError(f"unknown architecture class {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     signature = inspect.signature(cls)
-    if "marginal_prob_std" in signature.parameters:
+    needs = [arg for arg in ("marginal_prob_std", "sde") if arg in signature.parameters]
+    if needs:
         if not isinstance(sde, SDE):
-            raise ValueError(f"sde: {name} is a score network, divided by its SDE's marginal_prob_std; "
+            raise ValueError(f"sde: {name} is a score network, built for its SDE; "
                              f"give that SDE (a VESDE, VPSDE or subVPSDE), got {sde!r}")
-        fields["marginal_prob_std"] = sde.marginal_prob_std
+        fields.update({arg: sde if arg == "sde" else sde.marginal_prob_std for arg in needs})
     try:
         signature.bind(**fields)
     except TypeError as err:

@@ -486,3 +486,63 @@ def test_unet_trains_every_parameter_from_its_zero_init():
         reached |= {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert reached == {n for n, _ in model.named_parameters()}
     assert losses[-1] < losses[0]
+
+
+class _ExactGaussianVEScore(ScoreNet):
+    """Stands in for the trained VE network: the exact score of data N(0, s^2 I) under the source SDE."""
+
+    s = 0.3
+
+    def forward(self, x, t):
+        t = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
+        alpha, std = (f(t.double()).to(x.dtype)[:, None, None, None]
+                      for f in (self.source_sde.mean_coeff, self.source_sde.marginal_prob_std))
+        return -x / (alpha ** 2 * self.s ** 2 + std ** 2)
+
+
+@pytest.mark.parametrize("target", ["vp", "subvp", "ve"])
+def test_reparameterized_scorenet_turns_the_exact_ve_score_into_the_targets(target):
+    from sgm_helpers import ReparameterizedScoreNet, make_sde
+
+    class Exact(ReparameterizedScoreNet, _ExactGaussianVEScore):   # ReparameterizedScoreNet's super() is the exact score
+        pass
+
+    sde = make_sde(target)
+    model = Exact(sde, VESDE(25.0).config(), channels=(32, 32, 32, 32), embed_dim=8)
+    x = torch.randn(5, 1, 28, 28, dtype=torch.float64)
+    t = torch.tensor([1e-5, 1e-3, 0.1, 0.5, 0.7], dtype=torch.float64)   # VP: sigma(0.7) = 11.3 > the VE's 9.9
+    alpha, std = sde.mean_coeff(t)[:, None, None, None], sde.marginal_prob_std(t)[:, None, None, None]
+    exact = -x / (alpha ** 2 * Exact.s ** 2 + std ** 2)                    # the target SDE's own exact score
+    torch.testing.assert_close(model(x, t), exact, rtol=1e-9, atol=0)
+    t_source, scale = model.source_time(t)
+    torch.testing.assert_close(VESDE(25.0).marginal_prob_std(t_source), sde.sigma_of_t(t), rtol=1e-9, atol=0)
+    torch.testing.assert_close(scale, 1 / sde.mean_coeff(t))
+    if target == "vp":
+        assert t_source[-1] > 1.0    # past the source's T: the network's inputs there are new to it
+
+
+def test_reparameterized_scorenet_takes_scorenet_weights_and_rebuilds_from_its_architecture():
+    import json
+
+    from sgm_helpers import ReparameterizedScoreNet, make_sde
+    from sgm_helpers.pretrained import build_model
+
+    torch.manual_seed(0)
+    ve, vp = VESDE(25.0), make_sde("vp")
+    source = ScoreNet(ve.marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=8)
+    model = ReparameterizedScoreNet(vp, ve, channels=(32, 32, 32, 32), embed_dim=8)
+    model.load_state_dict(source.state_dict())                           # the same parameter names, strictly
+    arch = json.loads(json.dumps(model.architecture))
+    assert arch["source_sde"] == {"name": "VESDE", "sigma": 25.0}
+    rebuilt = build_model(arch, vp)
+    rebuilt.load_state_dict(model.state_dict())
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([1e-5, 0.3, 1.0])
+    assert torch.equal(rebuilt(x, t), model(x, t))
+    alpha = vp.mean_coeff(t)[:, None, None, None]
+    t_source, _ = model.source_time(t)
+    torch.testing.assert_close(model(x, t), source(x / alpha, t_source) / alpha)
+    same = ReparameterizedScoreNet(ve, ve, channels=(32, 32, 32, 32), embed_dim=8)
+    same.load_state_dict(source.state_dict())
+    torch.testing.assert_close(same(x, t), source(x, t))                  # its own SDE: the network itself
+    with pytest.raises(ValueError, match="sde must be an SDE"):
+        ReparameterizedScoreNet(ve.marginal_prob_std, ve)
