@@ -632,6 +632,35 @@ def test_init_from_starts_a_conditional_model_as_the_score_model_it_came_from(tm
     assert info["init_from"] == str(plain) and info["init_from_sha256"] == sha256_file(plain)
 
 
+def test_network_sde_makes_a_vp_model_from_a_ve_run_through_the_noise_level(tmp_path, tiny_mnist, monkeypatch):
+    from sgm_helpers import ReparameterizedScoreNet, make_sde
+    from sgm_helpers.pretrained import checkpoint_model, load_score_checkpoint, read_checkpoint
+
+    monkeypatch.setenv("SGM_DATA_DIR", str(tiny_mnist))
+    script = _training_script()
+    small = ["--channels", "32", "32", "32", "32", "--batch-size", "2", "--device", "cpu", "--epochs", "1"]
+    plain = tmp_path / "ve.pt"
+    script.main(["--out", str(plain), "--sigma", "10", *small])
+    ve, vp = VESDE(10.0), make_sde("vp", beta_min=0.1, beta_max=5.0)
+    source = checkpoint_model(read_checkpoint(plain), ve, "ema").eval()
+    start = ReparameterizedScoreNet(vp, ve, channels=(32, 32, 32, 32))
+    script.init_weights(start, str(plain), vp)            # the network's SDE, not the model's, must match the source
+    x, t = torch.rand(3, 1, 28, 28), torch.tensor([1e-3, 0.5, 1.0])
+    alpha = vp.mean_coeff(t)[:, None, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(start(x, t), source(x / alpha, start.source_time(t)[0]) / alpha, rtol=1e-3,
+                                   atol=1e-3)   # x / alpha against x * (1 / alpha) in float32
+    with pytest.raises(SystemExit, match="trained with VESDE.sigma=10.*network uses VESDE.sigma=25"):
+        script.init_weights(ReparameterizedScoreNet(vp, VESDE(25.0), channels=(32, 32, 32, 32)), str(plain), vp)
+    out = tmp_path / "vp.pt"
+    script.main(["--out", str(out), "--sde", "vp", "--beta-max", "5", "--network-sde", "ve", "--sigma", "10",
+                 "--init-from", str(plain), "--likelihood-weighting", "--importance-sampling", *small])
+    model, sde = load_score_checkpoint(out)              # rebuilt from the checkpoint's record alone
+    assert isinstance(model, ReparameterizedScoreNet) and sde == vp and model.source_sde == ve
+    with pytest.raises(SystemExit):
+        script.parse_args(["--model", "unet", "--sde", "vp", "--network-sde", "ve"])
+
+
 def test_compare_ema_raw_scores_both_weights_on_held_out_training_images(tmp_path, tiny_mnist, tiny_checkpoint,
                                                                           monkeypatch, capsys):
     monkeypatch.setenv("SGM_DATA_DIR", str(tiny_mnist))
