@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "model_card_tables.py"
+LIKELIHOOD_CARD = "# Model card: `mnist-likelihood`"
 
 
 def _sampler(fd, nfe):
@@ -285,7 +286,7 @@ def test_the_model_cards_unet_comparison_matches_its_held_out_files():
     files = sorted((ROOT / "docs" / "unet").glob("holdout_*.json"))
     assert {f.name for f in files} >= {"holdout_unet_ema.json", "holdout_unet_raw.json", "holdout_mnist_ve25.json"}
     card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
-    section = card[card.index("# Model card: `mnist-unet`"):card.index("# Not bundled yet: `mnist-likelihood`")]
+    section = card[card.index("# Model card: `mnist-unet`"):card.index(LIKELIHOOD_CARD)]
     for path in files:   # each file on its own: two networks' results for one sampler must not be merged
         rows = _rows([path])
         assert any("Heun (EDM), churned" in row for row in rows)
@@ -296,7 +297,7 @@ def test_the_model_cards_unet_comparison_matches_its_held_out_files():
 def test_the_model_cards_unet_test_split_tables_match_its_evaluation_files():
     files = sorted((ROOT / "docs" / "unet").glob("evaluation_*.json"))
     card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
-    section = card[card.index("# Model card: `mnist-unet`"):card.index("# Not bundled yet: `mnist-likelihood`")]
+    section = card[card.index("# Model card: `mnist-unet`"):card.index(LIKELIHOOD_CARD)]
     if not files:
         assert "reports no test-split number for `mnist-unet`" in section
         return
@@ -314,8 +315,21 @@ def test_the_model_cards_likelihood_section_shows_each_held_out_bits_per_dim_fil
     files = [p for p in sorted((ROOT / "docs" / "likelihood").glob("*.json")) if "bpd" in json.loads(p.read_text())]
     assert len(files) >= 4
     card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
-    section = card[card.index("# Not bundled yet: `mnist-likelihood`"):]
+    section = card[card.index(LIKELIHOOD_CARD):]
     for path in files:   # each file on its own: different weights are not merged
         rows = [row for row in _rows([path]) if "±" in row]
         assert len(rows) == 1 and rows[0] in section, f"the likelihood section lacks {path.name}'s bits/dim: {rows}"
         assert path.name in section
+
+
+def test_the_mnist_likelihood_card_shows_its_test_split_bits_per_dim_on_all_10000_images():
+    files = sorted((ROOT / "docs" / "mnist_likelihood").glob("evaluation_bpd_*.json"))
+    parts = [json.loads(p.read_text()) for p in files]
+    for path, data in zip(files, parts):   # the bundled weights against the test split, at the default eps
+        assert "--model mnist-likelihood" in data["command"] and "--holdout" not in data["command"], path.name
+    covered = sorted(i for d in parts for i in range(d["bpd"]["start"], d["bpd"]["start"] + d["bpd"]["n"]))
+    assert covered == list(range(10000))
+    card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
+    section = card[card.index(LIKELIHOOD_CARD):card.index("## How it was chosen")]
+    rows = [row for row in _rows(files) if "±" in row]
+    assert len(rows) == 1 and rows[0].startswith("| 10,000 |") and rows[0] in section, rows
