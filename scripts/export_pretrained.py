@@ -62,7 +62,8 @@ def main():
                         "throughput, device and held-out evaluation go into the manifest")
     args = p.parse_args()
     run = run_record(args.run_info) if args.run_info else {}
-    command = args.train_command or run.pop("command", None) or TRAIN_COMMAND
+    recorded = run.pop("command", None)   # --train-command, if given, wins over the --run-info's
+    command = args.train_command or recorded or TRAIN_COMMAND
 
     # Copy first: the training run may replace the checkpoint while we read it.
     with tempfile.TemporaryDirectory() as tmp:

@@ -196,7 +196,7 @@ class ReparameterizedScoreNet(ScoreNet):
     with primes for the source SDE (:meth:`SDE.t_of_sigma`). With a VE source (alpha' = 1) this is
     s'(x / alpha(t), t') / alpha(t): a VP or sub-VP model built from a network trained on the tutorial's VE SDE,
     whose weights (the same parameter names as a ScoreNet's) it starts from. Where the target SDE's sigma goes
-    beyond the source's (sigma(1) = 152 for VP with the paper's betas, 9.9 for the tutorial's VE), t' lies past
+    beyond the source's (sigma(1) = 152 for VP with the paper's betas, 9.85 for the tutorial's VE), t' lies past
     the source's T = 1: the network is asked about times it has not been trained on until it is.
 
     Args:
