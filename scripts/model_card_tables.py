@@ -2,6 +2,7 @@
 
     python scripts/model_card_tables.py docs/evaluation_*.json [--plot docs/fd_against_nfe.png]
     python scripts/model_card_tables.py --runs docs/likelihood/pilot_*.json
+    python scripts/model_card_tables.py --paired docs/mnist_likelihood/evaluation_bpd_0.json CHECK.json
 
 The evaluation can run as one command or be split into several (bits/dim in one process, each
 sampler in another, to use more cores); this script merges what the files hold, so the numbers in
@@ -15,6 +16,10 @@ with --plot, drawn; a sampler run with other settings (``evaluate --option heun-
 of its own, labelled with them. The samplers' results at their default settings are points of the same curve (the same
 function draws and scores them, from the same seed), so once any file holds a curve, they join it; points drawn
 with different seeds or numbers of samples are an error.
+
+--paired A B compares the bits/dim of two evaluation files image by image on the images both scored (the same
+dequantization and probes when both used the same seed, start and batch size): the mean of the differences B - A with
+its standard error, and the largest. For a change of code or settings on the same weights.
 
 --runs prints a table of training runs from the records ``scripts/train_pretrained.py --info-json`` wrote: the
 settings that differ, steps and time, held-out bits/dim of the raw and EMA weights, and each run's EMA bits/dim
@@ -141,7 +146,11 @@ def main():
     p.add_argument("--runs", nargs="+", type=Path, default=None, help="training-run records (--info-json files)")
     p.add_argument("--plot", type=Path, default=None, help="draw the curve of Fréchet distance against score "
                                                            "evaluations here (PNG)")
+    p.add_argument("--paired", nargs=2, type=Path, default=None, metavar=("A", "B"),
+                   help="bits/dim of two evaluation files compared image by image (B - A)")
     args = p.parse_args()
+    if args.paired:
+        paired_table(*args.paired)
     if args.runs:
         runs_table(args.runs)
     if not args.files:
@@ -222,6 +231,26 @@ def _paired(a: list, b: list) -> tuple[float, float]:
     d = [x - y for x, y in zip(a, b)]
     mean = sum(d) / len(d)
     return mean, math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1) / len(d))
+
+
+def paired_table(path_a: Path, path_b: Path) -> None:
+    """Print the image-by-image comparison of two files' bits/dim (``--paired``)."""
+    a, b = (json.loads(p.read_text(encoding="utf-8")).get("bpd") for p in (path_a, path_b))
+    if not a or not b or "per_image" not in a or "per_image" not in b:
+        raise SystemExit("--paired needs two evaluation files with per-image bits/dim")
+    index_a = {a.get("start", 0) + i: v for i, v in enumerate(a["per_image"])}
+    index_b = {b.get("start", 0) + i: v for i, v in enumerate(b["per_image"])}
+    common = sorted(set(index_a) & set(index_b))
+    if len(common) < 2:
+        raise SystemExit(f"{path_a} and {path_b} share fewer than two images")
+    mean, stderr = _paired([index_b[i] for i in common], [index_a[i] for i in common])
+    worst = max(common, key=lambda i: abs(index_b[i] - index_a[i]))
+    print(f"{path_b} - {path_a}, on the {len(common):,} images {common[0]:,}-{common[-1]:,} both scored:\n")
+    print("| images | mean of A | mean of B | mean difference B - A (± standard error) | largest difference (image) |")
+    print("|---|---|---|---|---|")
+    print(f"| {len(common):,} | {sum(index_a[i] for i in common) / len(common):.3f} | "
+          f"{sum(index_b[i] for i in common) / len(common):.3f} | {mean:+.4f} ± {stderr:.4f} | "
+          f"{index_b[worst] - index_a[worst]:+.3f} ({worst:,}) |\n")
 
 
 def _training_time(run: dict) -> str:

@@ -294,6 +294,36 @@ def test_the_model_cards_unet_comparison_matches_its_held_out_files():
         assert not missing, f"MODEL_CARD.md's mnist-unet section lacks rows of {path.name}: {missing}"
 
 
+def test_paired_compares_bits_per_dim_image_by_image_on_the_images_both_files_scored(tmp_path):
+    a = {"bpd": {"start": 0, "n": 4, "per_image": [3.0, 2.0, 4.0, 1.0]}}
+    b = {"bpd": {"start": 1, "n": 4, "per_image": [2.5, 4.0, 1.5, 9.9]}}   # images 1-4; in common: 1, 2, 3
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    proc = _run("--paired", tmp_path / "a.json", tmp_path / "b.json")
+    assert proc.returncode == 0, proc.stderr
+    # differences 0.5, 0.0, 0.5: mean 1/3, standard error sqrt(1/12 / 3) = 0.1667; the largest is image 1's
+    assert "on the 3 images 1-3 both scored" in proc.stdout
+    assert "| 3 | 2.333 | 2.667 | +0.3333 ± 0.1667 | +0.500 (1) |" in proc.stdout
+    (tmp_path / "c.json").write_text(json.dumps({"bpd": {"start": 10, "n": 2, "per_image": [1.0, 2.0]}}))
+    proc = _run("--paired", tmp_path / "a.json", tmp_path / "c.json")
+    assert proc.returncode != 0 and "share fewer than two images" in proc.stderr
+
+
+def test_the_model_cards_unet_section_shows_each_dpm_solver_schedule_file():
+    # The schedule study: held-out files (for the choice) and test-split files (for the report), each shown on its own.
+    files = sorted((ROOT / "docs" / "dpm_schedule").glob("*.json"))
+    assert any(f.name.startswith("holdout_") for f in files) and any(f.name.startswith("test_") for f in files)
+    card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
+    section = card[card.index("# Model card: `mnist-unet`"):card.index(LIKELIHOOD_CARD)]
+    for path in files:
+        data = json.loads(path.read_text())
+        assert ("--holdout" in data["command"]) == path.name.startswith("holdout_"), path.name
+        rows = _rows([path])
+        assert any("schedule = " in row for row in rows), path.name
+        missing = [row for row in rows if row not in section]
+        assert not missing, f"MODEL_CARD.md's mnist-unet section lacks rows of {path.name}: {missing}"
+
+
 def test_the_model_cards_unet_test_split_tables_match_its_evaluation_files():
     files = sorted((ROOT / "docs" / "unet").glob("evaluation_*.json"))
     card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
