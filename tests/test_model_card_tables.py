@@ -352,6 +352,22 @@ def test_the_model_cards_likelihood_section_shows_each_held_out_bits_per_dim_fil
         assert path.name in section
 
 
+def test_the_mnist_likelihood_card_shows_its_sample_quality_files():
+    files = sorted(p for p in (ROOT / "docs" / "mnist_likelihood").glob("evaluation_*.json")
+                   if not p.name.startswith("evaluation_bpd_"))
+    card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
+    section = card[card.index(LIKELIHOOD_CARD):card.index("## How it was chosen")]
+    if not files:
+        assert "Its samples are not measured" in section
+        return
+    for path in files:   # the bundled weights against the test split
+        data = json.loads(path.read_text())
+        assert "--model mnist-likelihood" in data["command"] and "--holdout" not in data["command"], path.name
+    missing = [row for row in _rows(files) if row not in section]
+    assert not missing, ("MODEL_CARD.md's mnist-likelihood section is out of date: run scripts/model_card_tables.py "
+                         f"docs/mnist_likelihood/evaluation_[a-z]*.json\n{missing}")
+
+
 def test_the_mnist_likelihood_card_shows_its_test_split_bits_per_dim_on_all_10000_images():
     files = sorted((ROOT / "docs" / "mnist_likelihood").glob("evaluation_bpd_*.json"))
     parts = [json.loads(p.read_text()) for p in files]
