@@ -115,8 +115,8 @@ def ode_likelihood(x: torch.Tensor, score_model, sde, *, eps: float = DEFAULT_EP
     to u it follows the motion.) The first step is a tenth of eps: near t = eps the data move on the time
     scale of t itself (std(t) ~ sqrt(t)), while scipy's own first guess, made from the size of the first
     derivative alone, is about 1e-4, a hundred times eps = 1e-6, and RK45's error estimate does not catch the
-    error of such a step (for data as sharp as a dequantized pixel: whole bits/dim, see the tests). Between evaluations x(eps) and the probes stay on ``device`` as
-    tensors; only the flat float64 vector the solver steps with crosses to NumPy, once each way.
+    error of such a step (for data as sharp as a dequantized pixel: whole bits/dim, see the tests). Between
+    evaluations x(eps) and the probes stay on ``device`` as tensors; only the flat float64 vector the solver steps with crosses to NumPy, once each way.
 
     Args:
         x: data ``[B, ...]`` (for images: dequantized, in [0, 1]).
@@ -168,7 +168,8 @@ def ode_likelihood(x: torch.Tensor, score_model, sde, *, eps: float = DEFAULT_EP
         return out
 
     y0 = np.zeros(x.numel() + batch)
-    res = solve_ivp(rhs, (eps, sde.T), y0, rtol=rtol, atol=atol, method=method, t_eval=[1.0], first_step=min(0.1 * eps, sde.T - eps))
+    res = solve_ivp(rhs, (eps, sde.T), y0, rtol=rtol, atol=atol, method=method, t_eval=[1.0],
+                    first_step=min(0.1 * eps, sde.T - eps))
     if not res.success:
         raise RuntimeError(f"ode_likelihood: the ODE solver failed: {res.message}")
     y1 = torch.from_numpy(res.y[:, -1])
