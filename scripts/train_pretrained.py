@@ -47,8 +47,8 @@ from pathlib import Path
 
 import torch
 
-from sgm_helpers import (ConditionalScoreNet, ReparameterizedScoreNet, ScoreNet, TimeClassifier, UNet, load_mnist,
-                         make_ema, make_sde, seed_everything, train)
+from sgm_helpers import (ConditionalScoreNet, ReparameterizedScoreNet, ReparameterizedUNet, ScoreNet, TimeClassifier,
+                         UNet, load_mnist, make_ema, make_sde, seed_everything, train)
 from sgm_helpers.models import TIME_INPUTS
 from sgm_helpers.pretrained import checkpoint_model, checkpoint_state_dict, read_checkpoint
 from sgm_helpers.training import PRECISIONS
@@ -80,6 +80,8 @@ NETWORKS = {
                                                          time_input=ti), UNET_CHANNELS,
                                 "conditional_score_model", "conditional_dsm"),
 }
+# --network-sde: the network of each --model that serves another SDE through the noise level
+REPARAMETERIZED = {"scorenet": ReparameterizedScoreNet, "unet": ReparameterizedUNet}
 DEFAULT_P_UNCOND = 0.1                        # class-conditional models: label dropout
 EVAL_TIMES = (0.01, 0.1, 0.25, 0.5, 0.75, 1.0)  # --eval-holdout of a classifier: accuracy at these t too
 
@@ -97,9 +99,10 @@ def parse_args(argv=None):
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--sde", choices=["ve", "vp", "subvp"], default="ve")
     p.add_argument("--network-sde", choices=["ve", "vp", "subvp"], default=None,
-                   help="--model scorenet: the SDE the network is conditioned on, if not --sde's; the model is then a "
-                        "ReparameterizedScoreNet, e.g. --sde vp --network-sde ve --init-from mnist-ve25 (the "
-                        "tutorial's VE network as a VP model, through the noise level std/alpha)")
+                   help="--model scorenet or unet: the SDE the network is conditioned on, if not --sde's; the model "
+                        "is then a ReparameterizedScoreNet (ReparameterizedUNet), e.g. --sde vp --network-sde ve "
+                        "--init-from mnist-ve25 (the tutorial's VE network as a VP model, through the noise level "
+                        "std/alpha)")
     p.add_argument("--sigma", type=float, default=25.0, help="VE: sigma")
     p.add_argument("--beta-min", type=float, default=0.1, help="VP, sub-VP: beta_min")
     p.add_argument("--beta-max", type=float, default=20.0, help="VP, sub-VP: beta_max")
@@ -161,8 +164,9 @@ def parse_args(argv=None):
                 "plain cross-entropy of noised images")
     if args.network_sde == args.sde:
         args.network_sde = None
-    if args.network_sde and args.model != "scorenet":
-        p.error(f"--network-sde is for --model scorenet (a ReparameterizedScoreNet), not {args.model}")
+    if args.network_sde and args.model not in REPARAMETERIZED:
+        p.error(f"--network-sde is for --model {' or '.join(REPARAMETERIZED)} (a network of one SDE used as the "
+                f"score model of another), not {args.model}")
     args.channels = list(network.channels if args.channels is None else args.channels)
     return args
 
@@ -185,8 +189,8 @@ def main(argv=None):
     sde = make_run_sde(args.sde, args)
     network = NETWORKS[args.model]
     try:
-        model = (ReparameterizedScoreNet(sde, make_run_sde(args.network_sde, args), args.channels,
-                                         time_input=args.time_input) if args.network_sde
+        model = (REPARAMETERIZED[args.model](sde, make_run_sde(args.network_sde, args), args.channels,
+                                             time_input=args.time_input) if args.network_sde
                  else network.build(sde, args.channels, args.time_input))
     except ValueError as err:
         raise SystemExit(f"error: --channels {' '.join(map(str, args.channels))} for --model {args.model}: {err}")

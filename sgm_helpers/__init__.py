@@ -19,8 +19,9 @@ from .likelihood import (BPDResult, bits_per_dim, dequantize, evaluate_bpd, exac
                          hutchinson_divergence, ode_likelihood)
 from .losses import dsm_loss, ssm_loss, time_classifier_loss
 from .metrics import SampleQuality, classifier_features, frechet_distance, sample_quality
-from .models import (NULL_CLASS, ConditionalScoreNet, Dense, GaussianFourierProjection, ReparameterizedScoreNet,
-                     ScoreNet, TimeClassifier, ToyScoreMLP, UNet, load_tutorial_checkpoint)
+from .models import (NULL_CLASS, ConditionalScoreNet, Dense, GaussianFourierProjection, Reparameterized,
+                     ReparameterizedScoreNet, ReparameterizedUNet, ScoreNet, TimeClassifier, ToyScoreMLP, UNet,
+                     load_tutorial_checkpoint)
 from .plotting import (animate_trajectories, image_grid, plot_density_and_score, plot_trajectories,
                        show_images)
 from .pretrained import available_models, load_pretrained, load_score_checkpoint, model_info, pretrained_sde
@@ -34,7 +35,7 @@ from .utils import get_device, seed_everything
 
 __all__ = [
     "SDE", "VESDE", "VPSDE", "subVPSDE", "make_sde", "forward_sde_paths",
-    "ScoreNet", "ReparameterizedScoreNet", "GaussianFourierProjection", "Dense", "ToyScoreMLP", "load_tutorial_checkpoint",
+    "ScoreNet", "Reparameterized", "ReparameterizedScoreNet", "ReparameterizedUNet", "GaussianFourierProjection", "Dense", "ToyScoreMLP", "load_tutorial_checkpoint",
     "dsm_loss", "ssm_loss", "load_mnist", "train", "make_ema", "save_checkpoint", "load_checkpoint",
     "euler_maruyama_sampler", "pc_sampler", "ancestral_sampler", "reverse_sde_sampler", "ode_sampler",
     "heun_sampler", "dpm_solver_sampler", "edm_sigma_steps", "SAMPLERS", "get_sampler", "sample", "CountingModel",

@@ -183,8 +183,8 @@ class ScoreNet(nn.Module):
         return h / self.marginal_prob_std(t)[:, None, None, None]
 
 
-class ReparameterizedScoreNet(ScoreNet):
-    """A :class:`ScoreNet` of one SDE (the *source*), used as the score model of another through the noise level.
+class Reparameterized:
+    """A score network of one SDE (the *source*), used as the score model of another through the noise level.
 
     Every SDE here has x(t) = alpha(t) x(0) + std(t) z, so x(t) / alpha(t) = x(0) + sigma(t) z with EDM's noise
     level sigma(t) = std(t) / alpha(t) (:meth:`SDE.sigma_of_t`). Two SDEs at times of equal sigma therefore see
@@ -195,26 +195,22 @@ class ReparameterizedScoreNet(ScoreNet):
 
     with primes for the source SDE (:meth:`SDE.t_of_sigma`). With a VE source (alpha' = 1) this is
     s'(x / alpha(t), t') / alpha(t): a VP or sub-VP model built from a network trained on the tutorial's VE SDE,
-    whose weights (the same parameter names as a ScoreNet's) it starts from. Where the target SDE's sigma goes
-    beyond the source's (sigma(1) = 152 for VP with the paper's betas, 9.85 for the tutorial's VE), t' lies past
-    the source's T = 1: the network is asked about times it has not been trained on until it is.
+    whose weights (the same parameter names) it starts from. Where the target SDE's sigma goes beyond the
+    source's (sigma(1) = 152 for VP with the paper's betas, 9.85 for the tutorial's VE), t' lies past the source's
+    T = 1: the network is asked about times it has not been trained on until it is.
 
-    Args:
-        sde: the SDE this model is the score of.
-        source_sde: the SDE the network is conditioned on (an ``SDE`` or its :meth:`SDE.config`).
-        channels, embed_dim, time_input: as for :class:`ScoreNet` (which is built for ``source_sde``).
-
-    Input ``x`` of shape ``[B, 1, 28, 28]`` and ``t`` of shape ``[B]`` (or a float); output ``[B, 1, 28, 28]``.
+    A mixin placed before the network's class (:class:`ReparameterizedScoreNet`, :class:`ReparameterizedUNet`):
+    the network is built for the source SDE, and ``forward`` wraps the network's own.
     """
 
-    def __init__(self, sde, source_sde, channels=(32, 64, 128, 256), embed_dim: int = 256, time_input: str = "t"):
+    @staticmethod
+    def _source(sde, source_sde):
+        """The source SDE (from an ``SDE`` or its :meth:`SDE.config`), after checking that ``sde`` is an SDE."""
         from .sde import SDE
 
         if not isinstance(sde, SDE):
             raise ValueError(f"sde must be an SDE (a VESDE, VPSDE or subVPSDE), got {sde!r}")
-        source = SDE.from_config(source_sde)
-        super().__init__(source.marginal_prob_std, channels, embed_dim, time_input)
-        self.sde, self.source_sde = sde, source
+        return SDE.from_config(source_sde)
 
     @property
     def architecture(self) -> dict:
@@ -232,6 +228,23 @@ class ReparameterizedScoreNet(ScoreNet):
         t_source, scale = self.source_time(t)
         scale = scale[:, None, None, None]
         return scale * super().forward(scale * x, t_source)
+
+
+class ReparameterizedScoreNet(Reparameterized, ScoreNet):
+    """A :class:`ScoreNet` of ``source_sde`` as the score model of ``sde`` (:class:`Reparameterized`).
+
+    Args:
+        sde: the SDE this model is the score of.
+        source_sde: the SDE the network is conditioned on (an ``SDE`` or its :meth:`SDE.config`).
+        channels, embed_dim, time_input: as for :class:`ScoreNet` (which is built for ``source_sde``).
+
+    Input ``x`` of shape ``[B, 1, 28, 28]`` and ``t`` of shape ``[B]`` (or a float); output ``[B, 1, 28, 28]``.
+    """
+
+    def __init__(self, sde, source_sde, channels=(32, 64, 128, 256), embed_dim: int = 256, time_input: str = "t"):
+        source = self._source(sde, source_sde)
+        super().__init__(source.marginal_prob_std, channels, embed_dim, time_input)
+        self.sde, self.source_sde = sde, source
 
 
 _NO_LABELS = object()  # marks a class-conditional network called without its y argument
@@ -545,6 +558,29 @@ class UNet(nn.Module):
                 h = block(h, embed)
         h = self.conv_out(F.silu(self.norm_out(h)))
         return h / self.marginal_prob_std(t)[:, None, None, None]
+
+
+class ReparameterizedUNet(Reparameterized, UNet):
+    """An unconditional :class:`UNet` of ``source_sde`` as the score model of ``sde`` (:class:`Reparameterized`):
+    ``mnist-unet``'s network as a VP model, for example.
+
+    Args:
+        sde: the SDE this model is the score of.
+        source_sde: the SDE the network is conditioned on (an ``SDE`` or its :meth:`SDE.config`).
+        channels, num_res_blocks, attention, embed_dim, time_input: as for :class:`UNet` (built for ``source_sde``).
+
+    Input ``x`` of shape ``[B, 1, 28, 28]`` and ``t`` of shape ``[B]`` (or a float); output ``[B, 1, 28, 28]``.
+    """
+
+    def __init__(self, sde, source_sde, channels=(16, 32, 96), num_res_blocks: int = 1, attention: bool = True,
+                 embed_dim: int = 128, time_input: str = "t"):
+        source = self._source(sde, source_sde)
+        super().__init__(source.marginal_prob_std, channels, num_res_blocks, attention, embed_dim, None, time_input)
+        self.sde, self.source_sde = sde, source
+
+    @property
+    def architecture(self) -> dict:
+        return {key: value for key, value in super().architecture.items() if key != "num_classes"}
 
 
 class ToyScoreMLP(torch.nn.Module):

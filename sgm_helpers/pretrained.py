@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from .classifier import MNISTClassifier
-from .models import ConditionalScoreNet, ReparameterizedScoreNet, ScoreNet, TimeClassifier, UNet, load_tutorial_checkpoint
+from .models import (ConditionalScoreNet, ReparameterizedScoreNet, ReparameterizedUNet, ScoreNet, TimeClassifier, UNet,
+                     load_tutorial_checkpoint)
 from .sde import SDE, VESDE, sde_of
 from .training import CHECKPOINT_FORMAT
 from .utils import get_device, read_torch_file
@@ -44,8 +45,8 @@ CHECKPOINT_WEIGHTS = ("auto", "ema", "raw")
 SCORENET_BUFFERS = ("embed.0.W",)
 # Class name -> class, for the ``architecture`` fields of the manifest and of checkpoints. A constructor whose
 # first argument is ``marginal_prob_std`` (a score network) gets the model's SDE's; one taking ``sde``, the SDE.
-ARCHITECTURES = {cls.__name__: cls for cls in (ScoreNet, ReparameterizedScoreNet, ConditionalScoreNet, UNet, TimeClassifier,
-                                                MNISTClassifier)}
+ARCHITECTURES = {cls.__name__: cls for cls in (ScoreNet, ReparameterizedScoreNet, ConditionalScoreNet, UNet,
+                                                ReparameterizedUNet, TimeClassifier, MNISTClassifier)}
 
 
 def sha256_file(path) -> str:

@@ -658,7 +658,32 @@ def test_network_sde_makes_a_vp_model_from_a_ve_run_through_the_noise_level(tmp_
     model, sde = load_score_checkpoint(out)              # rebuilt from the checkpoint's record alone
     assert isinstance(model, ReparameterizedScoreNet) and sde == vp and model.source_sde == ve
     with pytest.raises(SystemExit):
-        script.parse_args(["--model", "unet", "--sde", "vp", "--network-sde", "ve"])
+        script.parse_args(["--model", "conditional", "--sde", "vp", "--network-sde", "ve"])
+
+
+def test_network_sde_makes_a_vp_model_from_a_ve_unet_run(tmp_path, tiny_mnist, monkeypatch):
+    from sgm_helpers import ReparameterizedUNet, make_sde
+    from sgm_helpers.pretrained import checkpoint_model, load_score_checkpoint, read_checkpoint
+
+    monkeypatch.setenv("SGM_DATA_DIR", str(tiny_mnist))
+    script = _training_script()
+    small = ["--model", "unet", "--channels", "8", "16", "--time-input", "log_std", "--batch-size", "2", "--device",
+             "cpu", "--epochs", "1"]
+    plain, out = tmp_path / "ve.pt", tmp_path / "vp.pt"
+    script.main(["--out", str(plain), *small])
+    script.main(["--out", str(out), "--sde", "vp", "--beta-max", "9.07", "--network-sde", "ve", "--init-from",
+                 str(plain), "--likelihood-weighting", "--importance-sampling", "--dequantize", *small])
+    model, sde = load_score_checkpoint(out)              # rebuilt from the checkpoint's record alone
+    assert isinstance(model, ReparameterizedUNet) and sde == make_sde("vp", beta_max=9.07)
+    assert model.source_sde == VESDE(25.0) and model.time_input == "log_std" and model.channels == (8, 16)
+    start = ReparameterizedUNet(sde, VESDE(25.0), channels=(8, 16), time_input="log_std")
+    script.init_weights(start, str(plain), sde)
+    source = checkpoint_model(read_checkpoint(plain), VESDE(25.0), "ema").eval()
+    x, t = torch.rand(3, 1, 28, 28), torch.tensor([1e-3, 0.5, 1.0])
+    alpha = sde.mean_coeff(t)[:, None, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(start(x, t), source(x / alpha, start.source_time(t)[0]) / alpha, rtol=1e-3,
+                                   atol=1e-3)
 
 
 def test_compare_ema_raw_scores_both_weights_on_held_out_training_images(tmp_path, tiny_mnist, tiny_checkpoint,

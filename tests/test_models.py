@@ -521,28 +521,37 @@ def test_reparameterized_scorenet_turns_the_exact_ve_score_into_the_targets(targ
         assert t_source[-1] > 1.0    # past the source's T: the network's inputs there are new to it
 
 
-def test_reparameterized_scorenet_takes_scorenet_weights_and_rebuilds_from_its_architecture():
+@pytest.mark.parametrize("network", ["ScoreNet", "UNet"])
+def test_reparameterized_network_takes_the_networks_weights_and_rebuilds_from_its_architecture(network):
     import json
 
-    from sgm_helpers import ReparameterizedScoreNet, make_sde
+    import sgm_helpers
+    from sgm_helpers import make_sde
     from sgm_helpers.pretrained import build_model
 
     torch.manual_seed(0)
     ve, vp = VESDE(25.0), make_sde("vp")
-    source = ScoreNet(ve.marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=8)
-    model = ReparameterizedScoreNet(vp, ve, channels=(32, 32, 32, 32), embed_dim=8)
+    size = dict(channels=(32, 32, 32, 32), embed_dim=8) if network == "ScoreNet" else dict(channels=(8, 16), embed_dim=8)
+    net_class, reparameterized = getattr(sgm_helpers, network), getattr(sgm_helpers, f"Reparameterized{network}")
+    source = net_class(ve.marginal_prob_std, **size, time_input="log_std")
+    if network == "UNet":   # its output convolution starts at zero: give it weights, so the comparison means something
+        torch.nn.init.normal_(source.conv_out.weight, std=0.1)
+    model = reparameterized(vp, ve, **size, time_input="log_std")
     model.load_state_dict(source.state_dict())                           # the same parameter names, strictly
     arch = json.loads(json.dumps(model.architecture))
-    assert arch["source_sde"] == {"name": "VESDE", "sigma": 25.0}
+    assert arch["class"] == f"Reparameterized{network}" and arch["source_sde"] == {"name": "VESDE", "sigma": 25.0}
     rebuilt = build_model(arch, vp)
     rebuilt.load_state_dict(model.state_dict())
     x, t = torch.randn(3, 1, 28, 28), torch.tensor([1e-5, 0.3, 1.0])
-    assert torch.equal(rebuilt(x, t), model(x, t))
-    alpha = vp.mean_coeff(t)[:, None, None, None]
-    t_source, _ = model.source_time(t)
-    torch.testing.assert_close(model(x, t), source(x / alpha, t_source) / alpha)
-    same = ReparameterizedScoreNet(ve, ve, channels=(32, 32, 32, 32), embed_dim=8)
-    same.load_state_dict(source.state_dict())
-    torch.testing.assert_close(same(x, t), source(x, t))                  # its own SDE: the network itself
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x, t), model(x, t))
+        alpha = vp.mean_coeff(t)[:, None, None, None]
+        t_source, _ = model.source_time(t)
+        expected = source(x / alpha, t_source) / alpha
+        assert expected.abs().mean() > 1e-3
+        torch.testing.assert_close(model(x, t), expected)
+        same = reparameterized(ve, ve, **size, time_input="log_std")
+        same.load_state_dict(source.state_dict())
+        torch.testing.assert_close(same(x, t), source(x, t))              # its own SDE: the network itself
     with pytest.raises(ValueError, match="sde must be an SDE"):
-        ReparameterizedScoreNet(ve.marginal_prob_std, ve)
+        reparameterized(ve.marginal_prob_std, ve)
