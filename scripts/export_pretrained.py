@@ -82,6 +82,8 @@ def main():
     step = int(ckpt["step"])
     steps_per_epoch = -(-args.train_images // config["batch_size"]) if "batch_size" in config else None
     tail = losses[-500:]
+    seconds = ckpt.get("train_seconds")   # the checkpoint's training time, summed over resumes
+    timing = {"train_seconds_total": float(seconds), "steps_per_s": step / seconds} if seconds else {}
     entry = {
         "kind": KINDS[config.get("objective", "dsm")],
         "file": out.name,
@@ -99,6 +101,7 @@ def main():
             "train_images": args.train_images,
             "data": f"the first {args.train_images} images of the MNIST training split; never the test split",
             "command": command,
+            **timing,
             **run,
         },
     }

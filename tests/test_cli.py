@@ -579,6 +579,24 @@ def test_the_training_script_trains_and_evaluates_a_time_classifier(tmp_path, ti
     assert rerun["train_seconds_total"] == record["train_seconds_total"]
 
 
+def test_export_records_the_checkpoints_training_time_without_a_run_info_file(tmp_path, tiny_mnist, monkeypatch):
+    monkeypatch.setenv("SGM_DATA_DIR", str(tiny_mnist))
+    out = tmp_path / "ve.pt"
+    _training_script().main(["--out", str(out), "--channels", "32", "32", "32", "32", "--batch-size", "2",
+                             "--device", "cpu", "--epochs", "1"])
+    export = _script("export_pretrained")
+    entries = {}
+    monkeypatch.setattr(export, "WEIGHTS_DIR", tmp_path / "weights")       # not the package's own weights
+    monkeypatch.setattr(export, "write_manifest_entry", lambda name, entry: entries.setdefault(name, entry))
+    monkeypatch.setattr(sys, "argv", ["export_pretrained.py", "--checkpoint", str(out), "--which", "ema",
+                                      "--name", "tiny"])
+    export.main()
+    training, ckpt = entries["tiny"]["training"], torch.load(out, weights_only=True)
+    assert training["train_seconds_total"] == ckpt["train_seconds"] > 0
+    assert training["steps_per_s"] == pytest.approx(ckpt["step"] / ckpt["train_seconds"])
+    assert (tmp_path / "weights" / "tiny.pt").is_file()
+
+
 def test_the_training_script_records_held_out_bits_per_dim_per_image_in_its_info_json(tmp_path, tiny_mnist,
                                                                                       monkeypatch, capsys):
     monkeypatch.setenv("SGM_DATA_DIR", str(tiny_mnist))
