@@ -575,7 +575,8 @@ class ReparameterizedUNet(Reparameterized, UNet):
     def __init__(self, sde, source_sde, channels=(16, 32, 96), num_res_blocks: int = 1, attention: bool = True,
                  embed_dim: int = 128, time_input: str = "t"):
         source = self._source(sde, source_sde)
-        super().__init__(source.marginal_prob_std, channels, num_res_blocks, attention, embed_dim, None, time_input)
+        super().__init__(source.marginal_prob_std, channels, num_res_blocks, attention, embed_dim, num_classes=None,
+                         time_input=time_input)
         self.sde, self.source_sde = sde, source
 
     @property
