@@ -368,6 +368,22 @@ def test_the_mnist_likelihood_card_shows_its_sample_quality_files():
                          f"on the card's docs/mnist_likelihood/evaluation_<sampler>.json files\n{missing}")
 
 
+def test_the_mnist_likelihood_history_shows_what_the_first_weights_files_hold():
+    history_dir = ROOT / "docs" / "history" / "mnist-likelihood-scorenet"
+    files = sorted(history_dir.glob("evaluation_*.json"))
+    assert len(files) >= 5                      # four bits/dim ranges and the samplers
+    card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
+    start = card.index(LIKELIHOOD_CARD)
+    history = card[card.index("## History: the first weights", start):card.index("## How it was chosen", start)]
+    bpd_files = [p for p in files if p.name.startswith("evaluation_bpd_")]
+    rows = [row for row in _rows(bpd_files) if "±" in row] + _rows([p for p in files if p not in bpd_files])
+    missing = [row for row in rows if row not in history]
+    assert not missing, missing
+    assert "| 10,000 | 2.812 ± 0.006 |" in history
+    for image in sorted((history_dir / "evaluation").glob("samples_*.png")):
+        assert f"docs/history/mnist-likelihood-scorenet/evaluation/{image.name}" in history
+
+
 def test_the_mnist_likelihood_card_shows_its_test_split_bits_per_dim_on_all_10000_images():
     files = sorted((ROOT / "docs" / "mnist_likelihood").glob("evaluation_bpd_*.json"))
     parts = [json.loads(p.read_text()) for p in files]
