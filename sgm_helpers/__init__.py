@@ -35,7 +35,8 @@ from .utils import get_device, seed_everything
 
 __all__ = [
     "SDE", "VESDE", "VPSDE", "subVPSDE", "make_sde", "forward_sde_paths",
-    "ScoreNet", "Reparameterized", "ReparameterizedScoreNet", "ReparameterizedUNet", "GaussianFourierProjection", "Dense", "ToyScoreMLP", "load_tutorial_checkpoint",
+    "ScoreNet", "Reparameterized", "ReparameterizedScoreNet", "ReparameterizedUNet", "GaussianFourierProjection",
+    "Dense", "ToyScoreMLP", "load_tutorial_checkpoint",
     "dsm_loss", "ssm_loss", "load_mnist", "train", "make_ema", "save_checkpoint", "load_checkpoint",
     "euler_maruyama_sampler", "pc_sampler", "ancestral_sampler", "reverse_sde_sampler", "ode_sampler",
     "heun_sampler", "dpm_solver_sampler", "edm_sigma_steps", "SAMPLERS", "get_sampler", "sample", "CountingModel",

@@ -116,7 +116,8 @@ def ode_likelihood(x: torch.Tensor, score_model, sde, *, eps: float = DEFAULT_EP
     scale of t itself (std(t) ~ sqrt(t)), while scipy's own first guess, made from the size of the first
     derivative alone, is about 1e-4, a hundred times eps = 1e-6, and RK45's error estimate does not catch the
     error of such a step (for data as sharp as a dequantized pixel: whole bits/dim, see the tests). Between
-    evaluations x(eps) and the probes stay on ``device`` as tensors; only the flat float64 vector the solver steps with crosses to NumPy, once each way.
+    evaluations x(eps) and the probes stay on ``device`` as tensors; only the flat float64 vector the solver
+    steps with crosses to NumPy, once each way.
 
     Args:
         x: data ``[B, ...]`` (for images: dequantized, in [0, 1]).

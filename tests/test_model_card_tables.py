@@ -380,7 +380,9 @@ def test_the_mnist_likelihood_history_shows_what_the_first_weights_files_hold():
     missing = [row for row in rows if row not in history]
     assert not missing, missing
     assert "| 10,000 | 2.812 ± 0.006 |" in history
-    for image in sorted((history_dir / "evaluation").glob("samples_*.png")):
+    images = sorted((history_dir / "evaluation").glob("samples_*.png"))
+    assert len(images) == 4                     # EM, Heun, churned Heun, DPM-Solver
+    for image in images:
         assert f"docs/history/mnist-likelihood-scorenet/evaluation/{image.name}" in history
 
 
