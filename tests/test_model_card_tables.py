@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "model_card_tables.py"
 LIKELIHOOD_CARD = "# Model card: `mnist-likelihood`"
 
@@ -243,7 +245,6 @@ def test_the_readme_and_the_card_show_the_current_sample_grids_and_quote_only_me
 
 # --- controllable generation: the card's tables are what scripts/evaluate_controllable.py prints ------------------
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTROLLABLE = ROOT / "docs" / "controllable"
 
 
@@ -386,16 +387,21 @@ def test_the_mnist_likelihood_history_shows_what_the_first_weights_files_hold():
         assert f"docs/history/mnist-likelihood-scorenet/evaluation/{image.name}" in history
 
 
-def test_the_mnist_likelihood_card_shows_its_test_split_bits_per_dim_on_all_10000_images():
-    files = sorted((ROOT / "docs" / "mnist_likelihood").glob("evaluation_bpd_*.json"))
+# model, its files, where its section starts and ends, and the notebooks that quote its test bits/dim besides the README
+TEST_BPD = [("mnist-likelihood", "mnist_likelihood", LIKELIHOOD_CARD, "## How it was chosen", ["05_likelihood.ipynb"]),
+            ("mnist-unet", "unet", "# Model card: `mnist-unet`", LIKELIHOOD_CARD, ["05_likelihood.ipynb"])]
+
+
+@pytest.mark.parametrize("model, folder, begin, end, notebooks", TEST_BPD, ids=[m[0] for m in TEST_BPD])
+def test_the_card_shows_each_models_test_split_bits_per_dim_on_all_10000_images(model, folder, begin, end, notebooks):
+    files = sorted((ROOT / "docs" / folder).glob("evaluation_bpd_*.json"))
+    assert files, f"docs/{folder} has no evaluation_bpd_*.json"
     parts = [json.loads(p.read_text()) for p in files]
     card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
-    section = card[card.index(LIKELIHOOD_CARD):card.index("## How it was chosen")]
-    if not files:
-        assert "reports no test-split number for `mnist-likelihood` yet" in section
-        return
+    section = card[card.index(begin):card.index(end, card.index(begin))]
     for path, data in zip(files, parts):   # the bundled weights against the test split, at the default eps
-        assert "--model mnist-likelihood" in data["command"] and "--holdout" not in data["command"], path.name
+        assert f"--model {model}" in data["command"] and "--holdout" not in data["command"], path.name
+        assert data["bpd"].get("eps") == 1e-5, path.name
     covered = sorted(i for d in parts for i in range(d["bpd"]["start"], d["bpd"]["start"] + d["bpd"]["n"]))
     assert covered == list(range(10000))
     rows = [row for row in _rows(files) if "±" in row]
@@ -404,6 +410,8 @@ def test_the_mnist_likelihood_card_shows_its_test_split_bits_per_dim_on_all_1000
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)
     bpd = tables.merge_bpd(list(zip(files, parts)))
-    quoted = f"{bpd['mean']:.3f} ± {bpd['stderr']:.3f} bits/dim"   # the README and notebook 5 quote the card
+    quoted = f"{bpd['mean']:.3f} ± {bpd['stderr']:.3f} bits/dim"   # the README and notebooks quote the card
+    assert quoted in section
     assert quoted in (ROOT / "README.md").read_text(encoding="utf-8")
-    assert quoted in (ROOT / "notebooks" / "05_likelihood.ipynb").read_text(encoding="utf-8")
+    for notebook in notebooks:
+        assert quoted in (ROOT / "notebooks" / notebook).read_text(encoding="utf-8")
