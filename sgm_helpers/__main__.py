@@ -35,10 +35,10 @@ import torch
 
 from .controllable import DEFAULT_SCALES, INPAINT_GUIDANCE, INPAINT_RESAMPLINGS, MASK_REGIONS
 from .likelihood import DEFAULT_EPS
+from .pretrained import DEFAULT_MODEL
 from .samplers import SAMPLERS
 from .sde import SDE_NAMES
 
-DEFAULT_MODEL = "mnist-ve25"
 GUIDANCE = {"classifier": "mnist-time-classifier", "cfg": "mnist-conditional"}  # --guidance -> its shipped model
 # The networks the commands load, by the manifest's kind: what train() recorded as the objective of a checkpoint
 # holding one, in words, and how to train one.

@@ -415,3 +415,26 @@ def test_the_card_shows_each_models_test_split_bits_per_dim_on_all_10000_images(
     assert quoted in (ROOT / "README.md").read_text(encoding="utf-8")
     for notebook in notebooks:
         assert quoted in (ROOT / "notebooks" / notebook).read_text(encoding="utf-8")
+
+
+# the files of the bundled weights' numbers on the test split (mnist-ve25's at the top of docs/, the others' by name);
+# the held-out files beside them record choices between checkpoints and stay as they were
+CURRENT = ["docs/evaluation_*.json", "docs/unet/evaluation_*.json", "docs/mnist_likelihood/evaluation_*.json",
+           "docs/dpm_schedule/test_*.json"]
+
+
+@pytest.mark.parametrize("pattern", CURRENT)
+def test_the_current_evaluation_files_were_measured_with_the_shipped_weights(pattern):
+    """A re-shipped model leaves no number of its old weights among the current ones (those go to docs/history)."""
+    from sgm_helpers.pretrained import DEFAULT_MODEL, model_info
+
+    files = sorted(ROOT.glob(pattern))
+    assert files, f"nothing matches {pattern}"
+    for path in files:
+        data = json.loads(path.read_text())
+        words = data["command"].split()
+        name = words[words.index("--model") + 1] if "--model" in words else DEFAULT_MODEL
+        assert "--checkpoint" not in words, f"{path.name}: a checkpoint's numbers are not the shipped model's"
+        assert data["weights_sha256"] == model_info(name)["sha256"], (
+            f"{path.relative_to(ROOT)} was measured with other weights than the shipped {name!r}: "
+            f"move it to docs/history and measure the shipped weights again")
