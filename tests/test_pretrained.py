@@ -1,6 +1,7 @@
 import hashlib
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -309,3 +310,29 @@ def test_checkpoint_without_a_recorded_architecture_is_read_as_a_scorenet(tmp_pa
                 record_architecture=False)
     with pytest.raises(ValueError, match="not a ScoreNet state dict"):
         load_score_checkpoint(tmp_path / "unet.pt", device="cpu")
+
+
+# Weights that are trained and chosen but not shipped yet wait in staging/<name>/ (the file as it will ship, its
+# manifest entry, and the test-split files measured so far), so that a long evaluation can go on across sessions.
+STAGING = Path(__file__).resolve().parents[1] / "staging"
+STAGED = sorted(p for p in STAGING.iterdir() if p.is_dir()) if STAGING.is_dir() else []
+
+
+@pytest.mark.parametrize("folder", STAGED, ids=lambda p: p.name)
+def test_staged_weights_load_and_their_evaluations_were_measured_with_them(folder):
+    import json
+
+    from sgm_helpers.sde import SDE
+    from sgm_helpers.utils import read_torch_file
+
+    entry = json.loads((folder / "manifest_entry.json").read_text())
+    weights = folder / entry["file"]
+    assert sha256_file(weights) == entry["sha256"], f"{weights} is not the file its manifest entry records"
+    assert entry["sha256"] != model_info(folder.name)["sha256"], "staged weights that are already shipped"
+    model = pretrained.model_from_state_dict(read_torch_file(weights, what="staged weights"), entry["architecture"],
+                                             SDE.from_config(entry["sde"]))
+    assert not model.training
+    for path in sorted(folder.rglob("evaluation_*.json")):
+        data = json.loads(path.read_text())
+        assert f"--model {folder.name} " in data["command"] + " ", f"{path.name} measured another model"
+        assert data["weights_sha256"] == entry["sha256"], f"{path.name} was measured with other weights"
