@@ -369,22 +369,39 @@ def test_the_mnist_likelihood_card_shows_its_sample_quality_files():
                          f"on the card's docs/mnist_likelihood/evaluation_<sampler>.json files\n{missing}")
 
 
-def test_the_mnist_likelihood_history_shows_what_the_first_weights_files_hold():
-    history_dir = ROOT / "docs" / "history" / "mnist-likelihood-scorenet"
+# mnist-likelihood's earlier weights: their folder under docs/history, their section's heading, their 10,000-image
+# bits/dim and how many sample grids they have
+LIKELIHOOD_HISTORY = [
+    ("mnist-likelihood-scorenet", "## History: the first weights", "| 10,000 | 2.812 ± 0.006 |", 4),
+    ("mnist-likelihood-unet-2ep", "## History: the two-epoch weights", "| 10,000 | 1.662 ± 0.003 |", 6),
+]
+
+
+@pytest.mark.parametrize("folder, heading, bpd_row, n_images", LIKELIHOOD_HISTORY, ids=[h[0] for h in LIKELIHOOD_HISTORY])
+def test_the_mnist_likelihood_history_shows_what_the_earlier_weights_files_hold(folder, heading, bpd_row, n_images):
+    history_dir = ROOT / "docs" / "history" / folder
     files = sorted(history_dir.glob("evaluation_*.json"))
     assert len(files) >= 5                      # four bits/dim ranges and the samplers
     card = (ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
-    start = card.index(LIKELIHOOD_CARD)
-    history = card[card.index("## History: the first weights", start):card.index("## How it was chosen", start)]
+    start = card.index(heading, card.index(LIKELIHOOD_CARD))
+    history = card[start:card.index("\n## ", start)]
     bpd_files = [p for p in files if p.name.startswith("evaluation_bpd_")]
     rows = [row for row in _rows(bpd_files) if "±" in row] + _rows([p for p in files if p not in bpd_files])
     missing = [row for row in rows if row not in history]
     assert not missing, missing
-    assert "| 10,000 | 2.812 ± 0.006 |" in history
+    assert bpd_row in history
     images = sorted((history_dir / "evaluation").glob("samples_*.png"))
-    assert len(images) == 4                     # EM, Heun, churned Heun, DPM-Solver
+    assert len(images) == n_images
     for image in images:
-        assert f"docs/history/mnist-likelihood-scorenet/evaluation/{image.name}" in history
+        assert f"docs/history/{folder}/evaluation/{image.name}" in history
+    for path in files:                          # measured with the weights the section names, not the shipped ones
+        sha = json.loads(path.read_text())["weights_sha256"]
+        assert sha in history and sha != _shipped_sha("mnist-likelihood"), path.name
+
+
+def _shipped_sha(name):
+    from sgm_helpers.pretrained import model_info
+    return model_info(name)["sha256"]
 
 
 # model, its files, where its section starts and ends, and the notebooks that quote its test bits/dim besides the README
