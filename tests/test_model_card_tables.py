@@ -394,14 +394,11 @@ def test_the_mnist_likelihood_history_shows_what_the_earlier_weights_files_hold(
     assert len(images) == n_images
     for image in images:
         assert f"docs/history/{folder}/evaluation/{image.name}" in history
+    from sgm_helpers.pretrained import model_info
+
     for path in files:                          # measured with the weights the section names, not the shipped ones
         sha = json.loads(path.read_text())["weights_sha256"]
-        assert sha in history and sha != _shipped_sha("mnist-likelihood"), path.name
-
-
-def _shipped_sha(name):
-    from sgm_helpers.pretrained import model_info
-    return model_info(name)["sha256"]
+        assert sha in history and sha != model_info("mnist-likelihood")["sha256"], path.name
 
 
 # model, its files, where its section starts and ends, and the notebooks that quote its test bits/dim besides the README
